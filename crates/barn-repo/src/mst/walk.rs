@@ -1,0 +1,251 @@
+//! Read-only traversal of a stored tree: point lookups, ordered iteration
+//! from any key, and the cursor [`super::diff`] is built on.
+
+use cid::Cid;
+
+use super::node::{NodeData, load_node};
+use super::{MstLimits, key_height};
+use crate::blocks::BlockSource;
+use crate::{Error, Result};
+
+/// The record CID at `key` in the tree rooted at `root`.
+pub fn get(source: &impl BlockSource, root: &Cid, key: &str) -> Result<Option<Cid>> {
+    let key = key.as_bytes();
+    let mut cid = *root;
+    for _ in 0..=MstLimits::default().max_layer {
+        let node = load_node(source, &cid)?;
+        let i = match node.entries.binary_search_by(|e| e.key.as_slice().cmp(key)) {
+            Ok(i) => return Ok(Some(node.entries[i].value)),
+            Err(i) => i,
+        };
+        let slot = match i.checked_sub(1) {
+            Some(j) => node.entries[j].right,
+            None => node.left,
+        };
+        match slot {
+            Some(next) => cid = next,
+            None => return Ok(None),
+        }
+    }
+    Err(Error::MstTooDeep(MstLimits::default().max_layer as usize))
+}
+
+/// Every `(key, value)` with `start <= key < end` (`end` `None`: to the
+/// last key), in order.
+pub fn range(
+    source: &impl BlockSource,
+    root: &Cid,
+    start: &str,
+    end: Option<&str>,
+) -> Result<Vec<(String, Cid)>> {
+    let mut w = MstWalker::new(source, root)?;
+    w.seek(start.as_bytes())?;
+    let mut out = Vec::new();
+    while let Some((k, v)) = w.next_leaf()? {
+        if end.is_some_and(|e| k.as_slice() >= e.as_bytes()) {
+            break;
+        }
+        // Keys were checked to be ASCII when the node was decoded.
+        out.push((String::from_utf8_lossy(&k).into_owned(), v));
+    }
+    Ok(out)
+}
+
+/// What the walker is looking at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkItem<'a> {
+    /// A key and its value.
+    Leaf(&'a [u8], &'a Cid),
+    /// A subtree not yet entered, with its layer.
+    Tree(&'a Cid, u32),
+}
+
+struct Frame {
+    node: NodeData,
+    layer: u32,
+    /// 0 is the left slot, `2k+1` entry `k`, `2k+2` the slot right of it.
+    pos: usize,
+}
+
+impl Frame {
+    fn item(&self) -> Option<WalkItem<'_>> {
+        let below = self.layer.wrapping_sub(1);
+        if self.pos % 2 == 1 {
+            let e = self.node.entries.get(self.pos / 2)?;
+            return Some(WalkItem::Leaf(&e.key, &e.value));
+        }
+        let slot = match (self.pos / 2).checked_sub(1) {
+            None => self.node.left.as_ref(),
+            Some(j) => self.node.entries.get(j)?.right.as_ref(),
+        };
+        slot.map(|c| WalkItem::Tree(c, below))
+    }
+
+    fn done(&self) -> bool {
+        self.pos > 2 * self.node.entries.len()
+    }
+}
+
+/// An in-order cursor over a stored tree that can skip whole subtrees.
+pub struct MstWalker<S> {
+    source: S,
+    stack: Vec<Frame>,
+    limits: MstLimits,
+}
+
+impl<S: BlockSource> MstWalker<S> {
+    /// Opens the tree at `root`.
+    pub fn new(source: S, root: &Cid) -> Result<Self> {
+        let node = load_node(&source, root)?;
+        let layer = match node.entries.first() {
+            Some(e) => key_height(&e.key),
+            None if node.left.is_none() => 0,
+            None => {
+                return Err(Error::MstNode {
+                    cid: *root,
+                    reason: "root node has no entries".into(),
+                });
+            }
+        };
+        let mut w = MstWalker {
+            source,
+            stack: Vec::new(),
+            limits: MstLimits::default(),
+        };
+        w.check(root, &node, layer)?;
+        w.stack.push(Frame {
+            node,
+            layer,
+            pos: 0,
+        });
+        w.normalize();
+        Ok(w)
+    }
+
+    fn check(&self, cid: &Cid, node: &NodeData, layer: u32) -> Result<()> {
+        if layer > self.limits.max_layer {
+            return Err(Error::MstTooDeep(self.limits.max_layer as usize));
+        }
+        if let Some(e) = node.entries.iter().find(|e| key_height(&e.key) != layer) {
+            return Err(Error::MstNode {
+                cid: *cid,
+                reason: format!(
+                    "key of height {} in a layer {layer} node",
+                    key_height(&e.key)
+                ),
+            });
+        }
+        if self.stack.is_empty() {
+            return Ok(());
+        }
+        if node.entries.is_empty() && node.left.is_none() {
+            return Err(Error::MstNode {
+                cid: *cid,
+                reason: "empty node below the root".into(),
+            });
+        }
+        if layer == 0 && (node.left.is_some() || node.entries.iter().any(|e| e.right.is_some())) {
+            return Err(Error::MstNode {
+                cid: *cid,
+                reason: "layer 0 node has subtrees".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves to the next real item, skipping empty slots and finished nodes.
+    fn normalize(&mut self) {
+        while let Some(top) = self.stack.last_mut() {
+            if top.done() {
+                self.stack.pop();
+                if let Some(parent) = self.stack.last_mut() {
+                    parent.pos += 1;
+                }
+                continue;
+            }
+            if top.item().is_none() {
+                top.pos += 1;
+                continue;
+            }
+            break;
+        }
+    }
+
+    /// The current item; `None` when the walk is over.
+    pub fn peek(&self) -> Option<WalkItem<'_>> {
+        self.stack.last().and_then(Frame::item)
+    }
+
+    /// Moves past the current item (a whole subtree if it is one).
+    pub fn advance(&mut self) {
+        if let Some(top) = self.stack.last_mut() {
+            top.pos += 1;
+        }
+        self.normalize();
+    }
+
+    /// Enters the current subtree. Does nothing on a leaf.
+    pub fn step_into(&mut self) -> Result<()> {
+        let Some(WalkItem::Tree(cid, layer)) = self.peek() else {
+            return Ok(());
+        };
+        let cid = *cid;
+        let node = load_node(&self.source, &cid)?;
+        self.check(&cid, &node, layer)?;
+        // The parent's position stays on the slot; `normalize` bumps it
+        // when this frame is popped.
+        self.stack.push(Frame {
+            node,
+            layer,
+            pos: 0,
+        });
+        self.normalize();
+        Ok(())
+    }
+
+    /// The next leaf, entering subtrees as needed.
+    pub fn next_leaf(&mut self) -> Result<Option<(Vec<u8>, Cid)>> {
+        loop {
+            match self.peek() {
+                None => return Ok(None),
+                Some(WalkItem::Leaf(k, v)) => {
+                    let out = (k.to_vec(), *v);
+                    self.advance();
+                    return Ok(Some(out));
+                }
+                Some(WalkItem::Tree(..)) => self.step_into()?,
+            }
+        }
+    }
+
+    /// Positions the walker so that the next leaf is the first key ≥ `key`.
+    /// Only valid on a fresh walker.
+    pub fn seek(&mut self, key: &[u8]) -> Result<()> {
+        loop {
+            let Some(top) = self.stack.last_mut() else {
+                return Ok(());
+            };
+            let i = top.node.entries.partition_point(|e| e.key.as_slice() < key);
+            top.pos = 2 * i;
+            match top.item() {
+                Some(WalkItem::Tree(..)) => self.step_into()?,
+                _ => {
+                    self.normalize();
+                    return Ok(());
+                }
+            }
+            // After stepping in, the new top is positioned by the loop.
+            if let Some(top) = self.stack.last_mut() {
+                top.pos = 0;
+            }
+        }
+    }
+}
+
+impl<S: BlockSource> Iterator for MstWalker<S> {
+    type Item = Result<(Vec<u8>, Cid)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_leaf().transpose()
+    }
+}
