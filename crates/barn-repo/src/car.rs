@@ -499,7 +499,9 @@ mod tests {
     use super::*;
     use crate::cid_for_cbor;
 
-    fn sample() -> (Vec<u8>, Cid, Vec<(Cid, Vec<u8>)>) {
+    type Sample = (Vec<u8>, Cid, Vec<(Cid, Vec<u8>)>);
+
+    fn sample() -> Sample {
         let blocks: Vec<(Cid, Vec<u8>)> = (0..50u32)
             .map(|i| {
                 let data = serde_ipld_dagcbor::to_vec(&format!("block number {i}")).unwrap();

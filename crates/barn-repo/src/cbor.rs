@@ -25,8 +25,9 @@
 use cid::Cid;
 
 /// Nesting limit for generic values; atproto records are shallow, and this
-/// keeps recursion far from the stack limit.
-pub const DEFAULT_MAX_DEPTH: usize = 128;
+/// keeps recursion far from the stack limit. 127 is also the deepest that
+/// serde_ipld_dagcbor decodes, so `validate` and `data::decode` agree.
+pub const DEFAULT_MAX_DEPTH: usize = 127;
 
 /// The CBOR tag DAG-CBOR uses for CID links.
 const TAG_CID: u64 = 42;

@@ -17,7 +17,7 @@ fn key(i: u16) -> String {
     // Two collections and varied rkeys so keys share prefixes unevenly.
     format!(
         "com.example.{}/{:04x}",
-        if i % 3 == 0 { "a" } else { "bb" },
+        if i.is_multiple_of(3) { "a" } else { "bb" },
         i
     )
 }
