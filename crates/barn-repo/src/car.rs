@@ -85,7 +85,7 @@ pub fn read_car(bytes: Bytes, limits: &CarLimits) -> Result<CarFile> {
     }
     let (roots, sections) = parse_sections(&bytes, limits)?;
     verify_parallel(&bytes, &sections)?;
-    let mut blocks = BlockMap::new();
+    let mut blocks = BlockMap::with_capacity(sections.len());
     for s in &sections {
         blocks.insert(s.cid, bytes.slice(s.data.clone()));
     }
@@ -114,10 +114,9 @@ fn parse_sections(buf: &[u8], limits: &CarLimits) -> Result<(Vec<Cid>, Vec<Secti
             });
         }
         let end = end_of(buf, pos, len, "block")?;
-        let mut cursor = std::io::Cursor::new(&buf[pos..end]);
-        let cid = Cid::read_bytes(&mut cursor)
+        let (cid, cid_len) = parse_cid_prefix(&buf[pos..end])
             .map_err(|e| Error::CarMalformed(format!("bad cid at byte {pos}: {e}")))?;
-        let data_start = pos + cursor.position() as usize;
+        let data_start = pos + cid_len;
         let size = (end - data_start) as u64;
         if size > limits.max_block_bytes {
             return Err(Error::BlockTooLarge {
@@ -132,6 +131,21 @@ fn parse_sections(buf: &[u8], limits: &CarLimits) -> Result<(Vec<Cid>, Vec<Secti
         pos = end;
     }
     Ok((roots, sections))
+}
+
+/// Parses the binary CID at the start of a section. The atproto shape
+/// (v1, dag-cbor or raw, sha2-256) is decoded directly; anything else goes
+/// through the cid crate's general reader.
+fn parse_cid_prefix(section: &[u8]) -> std::result::Result<(Cid, usize), cid::Error> {
+    if let [0x01, codec @ (0x71 | 0x55), 0x12, 0x20, rest @ ..] = section
+        && let Some(digest) = rest.get(..32)
+    {
+        let mh = cid::multihash::Multihash::wrap(crate::SHA2_256, digest)?;
+        return Ok((Cid::new_v1(u64::from(*codec), mh), 36));
+    }
+    let mut cursor = std::io::Cursor::new(section);
+    let cid = Cid::read_bytes(&mut cursor)?;
+    Ok((cid, cursor.position() as usize))
 }
 
 fn end_of(buf: &[u8], pos: usize, len: u64, what: &str) -> Result<usize> {
@@ -511,6 +525,21 @@ mod tests {
         let root = blocks[0].0;
         let car = write_car(&[root], blocks.iter().map(|(c, d)| (c, d.as_slice())));
         (car, root, blocks)
+    }
+
+    #[test]
+    fn fast_cid_prefix_matches_general_parser() {
+        for cid in [cid_for_cbor(b"x"), crate::cid_for_raw(b"y")] {
+            let mut section = cid.to_bytes();
+            section.extend_from_slice(b"data");
+            assert_eq!(
+                parse_cid_prefix(&section).unwrap(),
+                (cid, cid.encoded_len())
+            );
+        }
+        // A CIDv0 (bare multihash) takes the general path.
+        let v0 = Cid::new_v0(*cid_for_cbor(b"z").hash()).unwrap();
+        assert_eq!(parse_cid_prefix(&v0.to_bytes()).unwrap(), (v0, 34));
     }
 
     #[test]

@@ -88,6 +88,11 @@ fn mst_ops_inputs() {
     replay("mst_ops", checks::mst_ops);
 }
 
+#[test]
+fn mst_tree_inputs() {
+    replay("mst_tree", checks::mst_tree);
+}
+
 /// The hand-made hostile inputs the brief of this file promises are there.
 #[test]
 fn hostile_inputs_are_present() {
