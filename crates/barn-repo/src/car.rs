@@ -114,7 +114,7 @@ fn parse_sections(buf: &[u8], limits: &CarLimits) -> Result<(Vec<Cid>, Vec<Secti
             });
         }
         let end = end_of(buf, pos, len, "block")?;
-        let (cid, cid_len) = parse_cid_prefix(&buf[pos..end])
+        let (cid, cid_len) = crate::read_cid_prefix(&buf[pos..end])
             .map_err(|e| Error::CarMalformed(format!("bad cid at byte {pos}: {e}")))?;
         let data_start = pos + cid_len;
         let size = (end - data_start) as u64;
@@ -131,21 +131,6 @@ fn parse_sections(buf: &[u8], limits: &CarLimits) -> Result<(Vec<Cid>, Vec<Secti
         pos = end;
     }
     Ok((roots, sections))
-}
-
-/// Parses the binary CID at the start of a section. The atproto shape
-/// (v1, dag-cbor or raw, sha2-256) is decoded directly; anything else goes
-/// through the cid crate's general reader.
-fn parse_cid_prefix(section: &[u8]) -> std::result::Result<(Cid, usize), cid::Error> {
-    if let [0x01, codec @ (0x71 | 0x55), 0x12, 0x20, rest @ ..] = section
-        && let Some(digest) = rest.get(..32)
-    {
-        let mh = cid::multihash::Multihash::wrap(crate::SHA2_256, digest)?;
-        return Ok((Cid::new_v1(u64::from(*codec), mh), 36));
-    }
-    let mut cursor = std::io::Cursor::new(section);
-    let cid = Cid::read_bytes(&mut cursor)?;
-    Ok((cid, cursor.position() as usize))
 }
 
 fn end_of(buf: &[u8], pos: usize, len: u64, what: &str) -> Result<usize> {
@@ -533,13 +518,13 @@ mod tests {
             let mut section = cid.to_bytes();
             section.extend_from_slice(b"data");
             assert_eq!(
-                parse_cid_prefix(&section).unwrap(),
+                crate::read_cid_prefix(&section).unwrap(),
                 (cid, cid.encoded_len())
             );
         }
         // A CIDv0 (bare multihash) takes the general path.
         let v0 = Cid::new_v0(*cid_for_cbor(b"z").hash()).unwrap();
-        assert_eq!(parse_cid_prefix(&v0.to_bytes()).unwrap(), (v0, 34));
+        assert_eq!(crate::read_cid_prefix(&v0.to_bytes()).unwrap(), (v0, 34));
     }
 
     #[test]

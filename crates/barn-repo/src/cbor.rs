@@ -454,12 +454,8 @@ fn parse_link_payload(payload: &[u8]) -> Option<Cid> {
     if first != 0 {
         return None;
     }
-    let mut cursor = std::io::Cursor::new(rest);
-    let cid = Cid::read_bytes(&mut cursor).ok()?;
-    if cursor.position() as usize != rest.len() {
-        return None;
-    }
-    Some(cid)
+    let (cid, len) = crate::read_cid_prefix(rest).ok()?;
+    (len == rest.len()).then_some(cid)
 }
 
 /// A canonical DAG-CBOR writer. Callers write map keys in canonical order

@@ -91,6 +91,21 @@ pub fn check_cid(cid: &Cid) -> Result<&[u8; 32]> {
     })
 }
 
+/// Parses the binary CID at the start of `bytes`; returns it and its length.
+/// The atproto shape (v1, dag-cbor or raw, sha2-256) is decoded directly;
+/// anything else goes through the cid crate's general reader.
+pub(crate) fn read_cid_prefix(bytes: &[u8]) -> std::result::Result<(Cid, usize), cid::Error> {
+    if let [0x01, codec @ (0x71 | 0x55), 0x12, 0x20, rest @ ..] = bytes
+        && let Some(digest) = rest.get(..32)
+    {
+        let mh = Multihash::wrap(SHA2_256, digest)?;
+        return Ok((Cid::new_v1(u64::from(*codec), mh), 36));
+    }
+    let mut cursor = std::io::Cursor::new(bytes);
+    let cid = Cid::read_bytes(&mut cursor)?;
+    Ok((cid, cursor.position() as usize))
+}
+
 /// Verifies that `bytes` hash to `cid`.
 pub fn verify_block(cid: &Cid, bytes: &[u8]) -> Result<()> {
     let want = check_cid(cid)?;

@@ -91,11 +91,26 @@ pub struct MstWalker<S> {
     source: S,
     stack: Vec<Frame>,
     limits: MstLimits,
+    /// Whether every key's height is checked against its node's layer.
+    check_heights: bool,
 }
 
 impl<S: BlockSource> MstWalker<S> {
-    /// Opens the tree at `root`.
+    /// Opens the tree at `root`, checking every node fully (layers, key
+    /// heights): for trees from outside.
     pub fn new(source: S, root: &Cid) -> Result<Self> {
+        Self::open(source, root, true)
+    }
+
+    /// Opens a tree that was already verified with [`MstWalker::new`] (for
+    /// example by [`crate::commit::verify_repo`] at import): structure and
+    /// order are still checked, the per-key height hashes are not. A
+    /// crafted tree can then give a wrong answer, but never a panic.
+    pub fn new_trusted(source: S, root: &Cid) -> Result<Self> {
+        Self::open(source, root, false)
+    }
+
+    fn open(source: S, root: &Cid, check_heights: bool) -> Result<Self> {
         let node = load_node(&source, root)?;
         let layer = match node.entries.first() {
             Some(e) => key_height(&e.key),
@@ -111,6 +126,7 @@ impl<S: BlockSource> MstWalker<S> {
             source,
             stack: Vec::new(),
             limits: MstLimits::default(),
+            check_heights,
         };
         w.check(root, &node, layer)?;
         w.stack.push(Frame {
@@ -126,7 +142,11 @@ impl<S: BlockSource> MstWalker<S> {
         if layer > self.limits.max_layer {
             return Err(Error::MstTooDeep(self.limits.max_layer as usize));
         }
-        if let Some(e) = node.entries.iter().find(|e| key_height(&e.key) != layer) {
+        if let Some(e) = node
+            .entries
+            .iter()
+            .find(|e| self.check_heights && key_height(&e.key) != layer)
+        {
             return Err(Error::MstNode {
                 cid: *cid,
                 reason: format!(
