@@ -92,6 +92,29 @@ pub fn common_prefix_len(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+#[derive(Clone, Copy)]
+enum CharClass {
+    Ok,
+    Slash,
+    Bad,
+}
+
+/// Byte classes for [`check_key`]; a table because this runs for every key
+/// of every node decoded.
+const KEY_CHARS: [CharClass; 256] = {
+    let mut t = [CharClass::Bad; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~' | b':') {
+            t[c] = CharClass::Ok;
+        }
+        c += 1;
+    }
+    t[b'/' as usize] = CharClass::Slash;
+    t
+};
+
 /// Checks a key is a plausible repo path: `collection/rkey`, both parts
 /// non-empty, characters from the record-key set, at most [`MAX_KEY_LEN`].
 /// The collection is not NSID-checked: the tree is agnostic of it, and the
@@ -109,10 +132,10 @@ pub fn check_key(key: &[u8]) -> Result<()> {
     }
     let mut slashes = 0;
     for &c in key {
-        match c {
-            b'/' => slashes += 1,
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' | b':' => {}
-            _ => return Err(bad("invalid character")),
+        match KEY_CHARS[usize::from(c)] {
+            CharClass::Ok => {}
+            CharClass::Slash => slashes += 1,
+            CharClass::Bad => return Err(bad("invalid character")),
         }
     }
     if slashes != 1 {
