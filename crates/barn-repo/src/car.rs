@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use cid::Cid;
-use tokio::io::{AsyncRead, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader, Chain, ReadBuf};
 
 use crate::blocks::BlockMap;
 use crate::cbor::{Encoder, MAJOR_ARRAY, MAJOR_MAP};
@@ -287,7 +287,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
 
 /// A streaming CAR reader: one verified block at a time.
 pub struct CarStream<R: AsyncRead + Unpin> {
-    inner: iroh_car::CarReader<CountingReader<BufReader<R>>>,
+    inner: iroh_car::CarReader<CountingReader<Chain<std::io::Cursor<Vec<u8>>, BufReader<R>>>>,
     state: Arc<ReadState>,
     roots: Vec<Cid>,
     limits: CarLimits,
@@ -299,9 +299,14 @@ pub struct CarStream<R: AsyncRead + Unpin> {
 impl<R: AsyncRead + Unpin> CarStream<R> {
     /// Reads the header. Fails on a malformed or truncated header.
     pub async fn new(reader: R, limits: CarLimits) -> Result<Self> {
+        let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+        // The header is read and decoded strictly here (iroh-car's own
+        // header decoding is lenient), then replayed to iroh-car so both
+        // readers accept exactly the same CARs.
+        let header = read_header_section(&mut buffered).await?;
         let state = Arc::new(ReadState::default());
         let counting = CountingReader {
-            inner: BufReader::with_capacity(256 * 1024, reader),
+            inner: std::io::Cursor::new(header).chain(buffered),
             state: state.clone(),
         };
         let inner = match iroh_car::CarReader::new(counting).await {
@@ -383,6 +388,54 @@ impl<R: AsyncRead + Unpin> CarStream<R> {
             blocks,
         })
     }
+}
+
+/// Largest CAR header accepted (a header is a handful of root CIDs).
+const MAX_HEADER_BYTES: u64 = 64 * 1024;
+
+/// Reads the header section (varint length + body) and decodes it strictly;
+/// returns the section's bytes for replay.
+async fn read_header_section<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>> {
+    let mut section = Vec::with_capacity(64);
+    let mut len = 0u64;
+    for i in 0..9 {
+        let b = match r.read_u8().await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(Error::CarTruncated(if i == 0 {
+                    "empty input".into()
+                } else {
+                    "header length cut".into()
+                }));
+            }
+            Err(e) => return Err(Error::Io(e)),
+        };
+        section.push(b);
+        len |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                return Err(Error::CarMalformed("non-minimal header length".into()));
+            }
+            break;
+        }
+        if i == 8 {
+            return Err(Error::CarMalformed("header length varint too long".into()));
+        }
+    }
+    if len == 0 || len > MAX_HEADER_BYTES {
+        return Err(Error::CarHeader(format!("header of {len} bytes")));
+    }
+    let start = section.len();
+    section.resize(start + len as usize, 0);
+    if let Err(e) = r.read_exact(&mut section[start..]).await {
+        return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::CarTruncated("header cut".into())
+        } else {
+            Error::Io(e)
+        });
+    }
+    decode_header(&section[start..])?;
+    Ok(section)
 }
 
 fn take_io_error(state: &ReadState) -> Option<std::io::Error> {

@@ -170,7 +170,8 @@ pub struct VerifiedRepo {
 }
 
 /// Verifies a whole repository: the commit at `root` (DID and signature
-/// when given), every MST node (structure, layers, order), and the
+/// when given), every MST node (structure, layers, key order within and
+/// across nodes), that the tree is the canonical tree of its keys, and the
 /// presence and DAG-CBOR validity of every record block.
 pub fn verify_repo(
     blocks: &impl BlockSource,
@@ -197,6 +198,19 @@ pub fn verify_repo(
         let record = blocks.get_block(&cid)?.ok_or(Error::MissingBlock(cid))?;
         crate::cbor::validate(&record)?;
         records.push((String::from_utf8_lossy(&key).into_owned(), cid));
+    }
+    // The tree must be *the* tree of its keys: rebuild it and compare roots,
+    // so a crafted but internally consistent shape cannot pass.
+    let entries = records
+        .iter()
+        .map(|(k, c)| (k.clone().into_bytes(), *c))
+        .collect();
+    let canonical = Mst::from_sorted(BlockMap::new(), entries)?.root_cid();
+    if canonical != commit.data {
+        return Err(Error::MstNode {
+            cid: commit.data,
+            reason: format!("tree is not the canonical tree of its keys ({canonical})"),
+        });
     }
     Ok(VerifiedRepo {
         commit_cid: *root,

@@ -93,6 +93,9 @@ pub struct MstWalker<S> {
     limits: MstLimits,
     /// Whether every key's height is checked against its node's layer.
     check_heights: bool,
+    /// The last leaf returned by `next_leaf`: leaves must come out strictly
+    /// ascending across nodes, not only within one.
+    last_leaf: Option<Vec<u8>>,
 }
 
 impl<S: BlockSource> MstWalker<S> {
@@ -127,6 +130,7 @@ impl<S: BlockSource> MstWalker<S> {
             stack: Vec::new(),
             limits: MstLimits::default(),
             check_heights,
+            last_leaf: None,
         };
         w.check(root, &node, layer)?;
         w.stack.push(Frame {
@@ -229,7 +233,14 @@ impl<S: BlockSource> MstWalker<S> {
             match self.peek() {
                 None => return Ok(None),
                 Some(WalkItem::Leaf(k, v)) => {
+                    if self.last_leaf.as_deref().is_some_and(|last| last >= k) {
+                        return Err(Error::MstKey {
+                            key: String::from_utf8_lossy(k).into_owned(),
+                            reason: "keys out of order across nodes",
+                        });
+                    }
                     let out = (k.to_vec(), *v);
+                    self.last_leaf = Some(out.0.clone());
                     self.advance();
                     return Ok(Some(out));
                 }
