@@ -388,7 +388,10 @@ fn malformed_commits_are_rejected() {
 fn mst_with_keys_out_of_order_across_nodes_is_rejected() {
     // Found by fuzzing: every node valid on its own, but a left subtree
     // holds a key greater than its parent's entry.
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/fuzz/car/verify-repo-unsorted-mst.car");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/fuzz/car/verify-repo-unsorted-mst.car"
+    );
     let car = read_car(std::fs::read(path).unwrap().into(), &CarLimits::default()).unwrap();
     let e = verify_repo(&car.blocks, car.root().unwrap(), None, None).unwrap_err();
     assert_eq!(e.reason(), "bad_mst_key", "{e}");

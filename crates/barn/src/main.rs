@@ -12,7 +12,11 @@ use barn_repo::crypto::PublicKey;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "barn", version, about = "Real-time backup mirror for AT Protocol repositories")]
+#[command(
+    name = "barn",
+    version,
+    about = "Real-time backup mirror for AT Protocol repositories"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

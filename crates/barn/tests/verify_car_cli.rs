@@ -13,7 +13,8 @@ fn write_repo(dir: &std::path::Path) -> (std::path::PathBuf, String, String) {
     let key = PrivateKey::from_seed(KeyType::K256, 3);
     let did = "did:plc:clitest0000000000000001";
     let records = (0..25).map(|i| {
-        let v = data::record_from_json(&serde_json::json!({"$type": "com.example.n", "i": i})).unwrap();
+        let v =
+            data::record_from_json(&serde_json::json!({"$type": "com.example.n", "i": i})).unwrap();
         (format!("com.example.n/{i:04}"), data::encode(&v).unwrap())
     });
     let (root, blocks) = build_repo(did, "3l2w5x7abcd22", &key, records).unwrap();
@@ -24,7 +25,10 @@ fn write_repo(dir: &std::path::Path) -> (std::path::PathBuf, String, String) {
 }
 
 fn barn(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_barn")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_barn"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -35,12 +39,18 @@ fn verify_car_accepts_a_good_repo_and_rejects_tampering_and_wrong_keys() {
     let p = path.to_str().unwrap();
 
     let out = barn(&["verify-car", p, "--did", &did, "--key", &key]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["records"], 25);
     assert_eq!(summary["signature"], "valid");
 
-    let other = PrivateKey::from_seed(KeyType::K256, 4).public_key().to_did_key();
+    let other = PrivateKey::from_seed(KeyType::K256, 4)
+        .public_key()
+        .to_did_key();
     let out = barn(&["verify-car", p, "--key", &other]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("signature"));
