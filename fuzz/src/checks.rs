@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use barn_repo::car::{CarFile, CarLimits, CarStream, read_car};
 use barn_repo::data::{self, Value};
 use barn_repo::mst::{self, DiffOp, EntryData, Mst, MstWalker, NodeData};
-use barn_repo::{BlockMap, Cid, Error, cbor, cid_for_cbor, commit};
+use barn_repo::{BlockMap, Cid, cbor, cid_for_cbor, commit};
 use bytes::Bytes;
 
 /// What a check made of its input.

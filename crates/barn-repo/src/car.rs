@@ -285,9 +285,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
     }
 }
 
+/// The header bytes barn already read, followed by the rest of the input.
+type Replayed<R> = Chain<std::io::Cursor<Vec<u8>>, BufReader<R>>;
+
 /// A streaming CAR reader: one verified block at a time.
 pub struct CarStream<R: AsyncRead + Unpin> {
-    inner: iroh_car::CarReader<CountingReader<Chain<std::io::Cursor<Vec<u8>>, BufReader<R>>>>,
+    inner: iroh_car::CarReader<CountingReader<Replayed<R>>>,
     state: Arc<ReadState>,
     roots: Vec<Cid>,
     limits: CarLimits,
