@@ -399,32 +399,24 @@ const MAX_HEADER_BYTES: u64 = 64 * 1024;
 /// Reads the header section (varint length + body) and decodes it strictly;
 /// returns the section's bytes for replay.
 async fn read_header_section<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>> {
+    // Gather the length varint's bytes (the last one has no continuation
+    // bit), then decode them with the same rules as the in-memory reader.
     let mut section = Vec::with_capacity(64);
-    let mut len = 0u64;
-    for i in 0..9 {
-        let b = match r.read_u8().await {
-            Ok(b) => b,
+    while section.last().is_none_or(|b| b & 0x80 != 0) && section.len() < 10 {
+        match r.read_u8().await {
+            Ok(b) => section.push(b),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Err(Error::CarTruncated(if i == 0 {
+                return Err(Error::CarTruncated(if section.is_empty() {
                     "empty input".into()
                 } else {
                     "header length cut".into()
                 }));
             }
             Err(e) => return Err(Error::Io(e)),
-        };
-        section.push(b);
-        len |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            if b == 0 && i > 0 {
-                return Err(Error::CarMalformed("non-minimal header length".into()));
-            }
-            break;
-        }
-        if i == 8 {
-            return Err(Error::CarMalformed("header length varint too long".into()));
         }
     }
+    let mut pos = 0;
+    let len = read_varint(&section, &mut pos)?.unwrap_or_default();
     if len == 0 || len > MAX_HEADER_BYTES {
         return Err(Error::CarHeader(format!("header of {len} bytes")));
     }

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use cid::Cid;
 
-use super::{check_key, common_prefix_len};
+use super::{MstLimits, check_key, common_prefix_len, key_height};
 use crate::cbor::{CborError, Decoder, Encoder, MAJOR_ARRAY, MAJOR_MAP};
 use crate::{Error, Result};
 
@@ -165,4 +165,51 @@ fn decode_inner(bytes: &[u8]) -> std::result::Result<NodeData, NodeDecodeError> 
 pub(crate) fn load_node(source: &impl crate::BlockSource, cid: &Cid) -> Result<NodeData> {
     let bytes: Bytes = source.get_block(cid)?.ok_or(Error::MissingBlock(*cid))?;
     NodeData::decode(cid, &bytes)
+}
+
+/// The layer of a root node: its first key's height (0 for the empty
+/// tree). A root with no entries but a subtree is not canonical (roots are
+/// trimmed) and is rejected.
+pub(crate) fn root_layer(cid: &Cid, node: &NodeData) -> Result<u32> {
+    match node.entries.first() {
+        Some(e) => Ok(key_height(&e.key)),
+        None if node.left.is_none() => Ok(0),
+        None => Err(Error::MstNode {
+            cid: *cid,
+            reason: "root node has no entries".into(),
+        }),
+    }
+}
+
+/// Checks that a node may sit on `layer`: within the layer cap, every key
+/// of that height (when `check_heights`), no subtrees on layer 0, and not
+/// empty unless it is the root. Shared by the editable tree and the walker
+/// so that both accept exactly the same trees.
+pub(crate) fn check_node(
+    cid: &Cid,
+    node: &NodeData,
+    layer: u32,
+    limits: &MstLimits,
+    is_root: bool,
+    check_heights: bool,
+) -> Result<()> {
+    let bad = |reason: String| Error::MstNode { cid: *cid, reason };
+    if layer > limits.max_layer {
+        return Err(Error::MstTooDeep(limits.max_layer as usize));
+    }
+    if check_heights {
+        for e in &node.entries {
+            let h = key_height(&e.key);
+            if h != layer {
+                return Err(bad(format!("key of height {h} in a layer {layer} node")));
+            }
+        }
+    }
+    if !is_root && node.entries.is_empty() && node.left.is_none() {
+        return Err(bad("empty node below the root".into()));
+    }
+    if layer == 0 && (node.left.is_some() || node.entries.iter().any(|e| e.right.is_some())) {
+        return Err(bad("layer 0 node has subtrees".into()));
+    }
+    Ok(())
 }

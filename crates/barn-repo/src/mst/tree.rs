@@ -2,7 +2,7 @@
 
 use cid::Cid;
 
-use super::node::{encode_node, load_node};
+use super::node::{NodeData, check_node, encode_node, load_node, root_layer};
 use super::{MstLimits, check_key, key_height};
 use crate::blocks::{BlockMap, BlockSource};
 use crate::{Error, Result, cid_for_cbor};
@@ -63,34 +63,8 @@ impl Node {
         }
     }
 
-    fn into_slot(self) -> Slot {
-        (!self.is_empty()).then(|| Child::Loaded(Box::new(self)))
-    }
-}
-
-struct Ctx<'a, S> {
-    source: &'a S,
-    limits: MstLimits,
-}
-
-impl<S: BlockSource> Ctx<'_, S> {
-    /// Loads a node that must sit on `layer`, checking that it does.
-    fn load(&self, cid: &Cid, layer: u32) -> Result<Node> {
-        let data = load_node(self.source, cid)?;
-        let bad = |reason: String| Error::MstNode { cid: *cid, reason };
-        if layer > self.limits.max_layer {
-            return Err(Error::MstTooDeep(self.limits.max_layer as usize));
-        }
-        for e in &data.entries {
-            let h = key_height(&e.key);
-            if h != layer {
-                return Err(bad(format!("key of height {h} in a layer {layer} node")));
-            }
-        }
-        if layer == 0 && (data.left.is_some() || data.entries.iter().any(|e| e.right.is_some())) {
-            return Err(bad("layer 0 node has subtrees".into()));
-        }
-        Ok(Node {
+    fn from_data(cid: Cid, data: NodeData, layer: u32) -> Node {
+        Node {
             layer,
             left: data.left.map(Child::Stored),
             entries: data
@@ -102,34 +76,39 @@ impl<S: BlockSource> Ctx<'_, S> {
                     right: e.right.map(Child::Stored),
                 })
                 .collect(),
-            cid: Some(*cid),
-        })
+            cid: Some(cid),
+        }
+    }
+
+    fn into_slot(self) -> Slot {
+        (!self.is_empty()).then(|| Child::Loaded(Box::new(self)))
+    }
+}
+
+struct Ctx<'a, S> {
+    source: &'a S,
+    limits: MstLimits,
+}
+
+impl<S: BlockSource> Ctx<'_, S> {
+    /// Loads a node that must sit on `layer` below the root.
+    fn load(&self, cid: &Cid, layer: u32) -> Result<Node> {
+        let data = load_node(self.source, cid)?;
+        check_node(cid, &data, layer, &self.limits, false, true)?;
+        Ok(Node::from_data(*cid, data, layer))
     }
 
     fn take(&self, child: Child, layer: u32) -> Result<Node> {
-        let node = match child {
-            Child::Stored(cid) => self.load(&cid, layer)?,
-            Child::Loaded(n) => *n,
-        };
-        if node.is_empty() {
-            return Err(Error::MstNode {
-                cid: node.cid.unwrap_or_default(),
-                reason: "empty node below the root".into(),
-            });
+        match child {
+            Child::Stored(cid) => self.load(&cid, layer),
+            // Loaded children are never empty: `into_slot` drops empty nodes.
+            Child::Loaded(n) => Ok(*n),
         }
-        Ok(node)
     }
 
     fn loaded<'n>(&self, child: &'n mut Child, layer: u32) -> Result<&'n mut Node> {
         if let Child::Stored(cid) = child {
-            let node = self.load(cid, layer)?;
-            if node.is_empty() {
-                return Err(Error::MstNode {
-                    cid: *cid,
-                    reason: "empty node below the root".into(),
-                });
-            }
-            *child = Child::Loaded(Box::new(node));
+            *child = Child::Loaded(Box::new(self.load(cid, layer)?));
         }
         match child {
             Child::Loaded(n) => Ok(n),
@@ -343,21 +322,9 @@ impl<S: BlockSource> Mst<S> {
     /// [`Mst::load`] with explicit limits.
     pub fn load_with_limits(source: S, root: Cid, limits: MstLimits) -> Result<Self> {
         let data = load_node(&source, &root)?;
-        let layer = match data.entries.first() {
-            Some(e) => key_height(&e.key),
-            None if data.left.is_none() => 0,
-            None => {
-                return Err(Error::MstNode {
-                    cid: root,
-                    reason: "root node has no entries".into(),
-                });
-            }
-        };
-        let node = Ctx {
-            source: &source,
-            limits,
-        }
-        .load(&root, layer)?;
+        let layer = root_layer(&root, &data)?;
+        check_node(&root, &data, layer, &limits, true, true)?;
+        let node = Node::from_data(root, data, layer);
         Ok(Mst {
             source,
             root: node,

@@ -3,8 +3,8 @@
 
 use cid::Cid;
 
-use super::node::{NodeData, load_node};
-use super::{MstLimits, key_height};
+use super::MstLimits;
+use super::node::{NodeData, check_node, load_node, root_layer};
 use crate::blocks::BlockSource;
 use crate::{Error, Result};
 
@@ -115,16 +115,7 @@ impl<S: BlockSource> MstWalker<S> {
 
     fn open(source: S, root: &Cid, check_heights: bool) -> Result<Self> {
         let node = load_node(&source, root)?;
-        let layer = match node.entries.first() {
-            Some(e) => key_height(&e.key),
-            None if node.left.is_none() => 0,
-            None => {
-                return Err(Error::MstNode {
-                    cid: *root,
-                    reason: "root node has no entries".into(),
-                });
-            }
-        };
+        let layer = root_layer(root, &node)?;
         let mut w = MstWalker {
             source,
             stack: Vec::new(),
@@ -143,38 +134,8 @@ impl<S: BlockSource> MstWalker<S> {
     }
 
     fn check(&self, cid: &Cid, node: &NodeData, layer: u32) -> Result<()> {
-        if layer > self.limits.max_layer {
-            return Err(Error::MstTooDeep(self.limits.max_layer as usize));
-        }
-        if let Some(e) = node
-            .entries
-            .iter()
-            .find(|e| self.check_heights && key_height(&e.key) != layer)
-        {
-            return Err(Error::MstNode {
-                cid: *cid,
-                reason: format!(
-                    "key of height {} in a layer {layer} node",
-                    key_height(&e.key)
-                ),
-            });
-        }
-        if self.stack.is_empty() {
-            return Ok(());
-        }
-        if node.entries.is_empty() && node.left.is_none() {
-            return Err(Error::MstNode {
-                cid: *cid,
-                reason: "empty node below the root".into(),
-            });
-        }
-        if layer == 0 && (node.left.is_some() || node.entries.iter().any(|e| e.right.is_some())) {
-            return Err(Error::MstNode {
-                cid: *cid,
-                reason: "layer 0 node has subtrees".into(),
-            });
-        }
-        Ok(())
+        let is_root = self.stack.is_empty();
+        check_node(cid, node, layer, &self.limits, is_root, self.check_heights)
     }
 
     /// Moves to the next real item, skipping empty slots and finished nodes.
