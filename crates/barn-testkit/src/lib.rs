@@ -1,0 +1,32 @@
+//! Test support for barn: a real atproto network on loopback, driven by a
+//! realistic workload, and a helper that judges barn's copy of a repository
+//! against the PDS's.
+//!
+//! - [`Network`] starts a did:plc directory and two reference PDSes (the
+//!   npm packages `@did-plc/server` and `@atproto/pds`, from
+//!   `interop/network`'s lockfile, on Node 22 from npm) on 127.0.0.1, each
+//!   with its own data directory; it installs them on first use.
+//! - [`Network::run_workload`] runs the seeded workload driver (accounts,
+//!   posts with images, replies, likes, reposts, follows, blocks, edits,
+//!   deletes, `applyWrites`, non-Bluesky records, then handle change,
+//!   deactivation, takedown, deletion and a full migration a → b) and
+//!   returns its [`Summary`].
+//! - [`compare_with_pds`] checks barn's CAR of a DID against the PDS's
+//!   `getRepo`: same commit and rev, same records, every block hash, the
+//!   signature against the DID document.
+//!
+//! Nothing here is used by barn itself; it is a dev-dependency only.
+
+mod error;
+
+pub mod compare;
+pub mod network;
+pub mod process;
+pub mod workload;
+pub mod xrpc;
+
+pub use compare::{Comparison, Identity, compare_cars, compare_with_pds};
+pub use error::{Error, Result};
+pub use network::{Network, Pds, Plc};
+pub use workload::{AccountSummary, Summary, WorkloadOptions};
+pub use xrpc::{Client, XrpcError};
