@@ -1,0 +1,41 @@
+//! The store's error type.
+
+/// Result alias for barn-store.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A storage failure. None of these is caused by remote input: they mean
+/// the disk, the database, or barn itself is wrong, and the caller stops
+/// rather than guess.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// fjall failed (I/O, a poisoned database after a failed fsync, …).
+    #[error("database: {0}")]
+    Db(#[from] fjall::Error),
+    /// A stored value does not decode: corruption or a format change.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// Which keyspace / value.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A repository operation on stored blocks failed (e.g. a block missing
+    /// while exporting a revision).
+    #[error(transparent)]
+    Repo(#[from] barn_repo::Error),
+    /// The requested repo or revision is not stored.
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Db(_) => "db",
+            Error::Corrupt { .. } => "corrupt",
+            Error::Repo(e) => e.reason(),
+            Error::NotFound(_) => "not_found",
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! What the store keeps, as Rust values. Values are stored as DAG-CBOR
+//! (compact, deterministic, and CIDs stay binary).
+
+use cid::Cid;
+use serde::{Deserialize, Serialize};
+
+/// How barn learned about a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A verified `#commit` from the host's firehose.
+    Firehose,
+    /// A `#sync` event: the head was replaced from a verified full CAR.
+    Sync,
+    /// A full `getRepo` import (first sight of a repo, or after a desync).
+    Resync,
+    /// A periodic reconcile found a difference the firehose did not explain.
+    Reconcile,
+}
+
+impl Source {
+    /// Lowercase name, as logged and served.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Firehose => "firehose",
+            Source::Sync => "sync",
+            Source::Resync => "resync",
+            Source::Reconcile => "reconcile",
+        }
+    }
+}
+
+/// What an op did (mirrors the firehose's `action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpAction {
+    /// New record.
+    Create,
+    /// Changed record.
+    Update,
+    /// Removed record.
+    Delete,
+}
+
+/// One record change of a revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// Create, update or delete.
+    pub action: OpAction,
+    /// `collection/rkey`.
+    pub path: String,
+    /// New record CID (none for deletes).
+    pub cid: Option<Cid>,
+    /// Previous record CID (none for creates).
+    pub prev: Option<Cid>,
+}
+
+/// One revision of a repository, as barn saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitEntry {
+    /// The commit's rev (a TID).
+    pub rev: String,
+    /// The commit CID.
+    pub cid: Cid,
+    /// The MST root of this revision.
+    pub data: Cid,
+    /// The `since` the event carried (firehose only).
+    pub since: Option<String>,
+    /// When barn stored it, milliseconds since the Unix epoch.
+    pub seen_at_ms: u64,
+    /// How barn got it.
+    pub source: Source,
+    /// The host's sequence number of the event, when it came from a stream.
+    pub seq: Option<i64>,
+    /// The host it came from.
+    pub host: String,
+    /// The record changes relative to the previous stored revision.
+    pub ops: Vec<Op>,
+    /// Why a resync / reconcile happened, when it did.
+    pub reason: Option<String>,
+}
+
+/// Whether barn's copy can be trusted to follow the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// Following the firehose; every commit verified against the last.
+    Synchronized,
+    /// A commit failed verification or a gap was found; waiting for a
+    /// resync. Events for the repo are not applied until then.
+    Desynchronized,
+}
+
+/// The state of one repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoState {
+    /// The host barn follows it on (`http(s)://host[:port]`).
+    pub host: String,
+    /// Head commit CID, if any revision is stored.
+    pub head: Option<Cid>,
+    /// Head rev.
+    pub rev: Option<String>,
+    /// Head MST root.
+    pub data: Option<Cid>,
+    /// Whether the host says the account is active.
+    pub active: bool,
+    /// The host's account status when not active (`deactivated`,
+    /// `takendown`, `deleted`, `suspended`, …).
+    pub status: Option<String>,
+    /// Synchronized or waiting for a resync.
+    pub sync: SyncState,
+    /// Why it was desynchronized (the last reason).
+    pub sync_reason: Option<String>,
+    /// Last handle seen in an `#identity` event or DID document.
+    pub handle: Option<String>,
+    /// Revisions stored.
+    pub revisions: u64,
+}
+
+impl RepoState {
+    /// A repo barn has just started tracking on `host`, with nothing stored.
+    pub fn new(host: &str) -> RepoState {
+        RepoState {
+            host: host.to_owned(),
+            head: None,
+            rev: None,
+            data: None,
+            active: true,
+            status: None,
+            sync: SyncState::Desynchronized,
+            sync_reason: Some("new".into()),
+            handle: None,
+            revisions: 0,
+        }
+    }
+}
+
+/// A tracked host's stream position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    /// The last sequence number whose effects are durable.
+    pub cursor: Option<i64>,
+    /// When the last event was processed, ms since the Unix epoch.
+    pub last_event_ms: u64,
+}

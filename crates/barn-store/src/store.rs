@@ -1,0 +1,404 @@
+//! The store: every keyspace, the atomic write batch, reads.
+//!
+//! # Terminology
+//! - **block**: a content-addressed DAG-CBOR block (commit, MST node,
+//!   record), keyed by its CID, shared by every repo that has it.
+//! - **revision**: one [`CommitEntry`] per (repo, rev); the head is the
+//!   newest one.
+//! - **cursor**: the last host sequence number whose effects are durable.
+//!
+//! # Tricky bits
+//! - **A cursor never leads durable data.** A host's cursor is only ever
+//!   written in the same [`Batch`] as the effects of the events it covers,
+//!   and a batch is one atomic fjall write batch followed by one `fsync`
+//!   (group commit: many commits, one sync). After a crash, barn resumes
+//!   from a cursor whose events are all stored; events after it are seen
+//!   again and recognised by rev.
+//! - **Nothing is deleted because the source deleted it.** Blocks are
+//!   never removed or overwritten; a deleted record leaves the record
+//!   index (current state) but stays reachable from older revisions; a
+//!   deleted account only changes its status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use cid::Cid;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use barn_repo::BlockSource;
+use barn_repo::blocks::Recording;
+use barn_repo::car::CarWriter;
+use barn_repo::mst::MstWalker;
+
+use crate::error::{Error, Result};
+use crate::model::{CommitEntry, HostState, RepoState};
+
+const SEP: u8 = 0;
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Block cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 256 << 20,
+        }
+    }
+}
+
+/// barn's on-disk state.
+pub struct Store {
+    db: Database,
+    blocks: Keyspace,
+    repos: Keyspace,
+    commits: Keyspace,
+    records: Keyspace,
+    hosts: Keyspace,
+    events: Keyspace,
+    next_event: AtomicU64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our own model types always serialize (no maps with non-string keys,
+    // no floats), so an error here is a programming mistake; keep it loud
+    // but not a panic: store an empty value that fails to decode later.
+    serde_ipld_dagcbor::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    serde_ipld_dagcbor::from_slice(bytes).map_err(|e| Error::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    k.extend_from_slice(a.as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn prefix(a: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1);
+    k.extend_from_slice(a.as_bytes());
+    k.push(SEP);
+    k
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(path: &Path, opts: &StoreOptions) -> Result<Store> {
+        let db = Database::builder(path)
+            .cache_size(opts.cache_bytes)
+            // Durability is ours to decide: one fsync per group commit.
+            .manual_journal_persist(true)
+            .open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let events = ks("events")?;
+        let next_event = match events.last_key_value() {
+            Some(guard) => {
+                let key = guard.key()?;
+                let arr: [u8; 8] = key.as_ref().try_into().map_err(|_| Error::Corrupt {
+                    what: "events key",
+                    detail: format!("{} bytes", key.len()),
+                })?;
+                u64::from_be_bytes(arr) + 1
+            }
+            None => 1,
+        };
+        Ok(Store {
+            blocks: ks("blocks")?,
+            repos: ks("repos")?,
+            commits: ks("commits")?,
+            records: ks("records")?,
+            hosts: ks("hosts")?,
+            events,
+            next_event: AtomicU64::new(next_event),
+            db,
+        })
+    }
+
+    /// Applies `batch` atomically and durably (one fsync). When this
+    /// returns `Ok`, everything in the batch survives a crash; when it
+    /// fails, none of it is visible.
+    pub fn write(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut wb = self.db.batch().durability(Some(PersistMode::SyncData));
+        for (cid, data) in &batch.blocks {
+            wb.insert(&self.blocks, cid.to_bytes(), data.as_ref());
+        }
+        for (did, entry) in &batch.commits {
+            wb.insert(&self.commits, key2(did, &entry.rev), encode(entry));
+            let seq = self.next_event.fetch_add(1, Ordering::SeqCst);
+            wb.insert(
+                &self.events,
+                seq.to_be_bytes(),
+                encode(&(did.as_str(), entry.rev.as_str())),
+            );
+        }
+        for ((did, path), cid) in &batch.records {
+            let key = key2(did, path);
+            match cid {
+                Some(cid) => wb.insert(&self.records, key, cid.to_bytes()),
+                None => wb.remove(&self.records, key),
+            }
+        }
+        for (did, state) in &batch.repos {
+            wb.insert(&self.repos, did.as_bytes(), encode(state));
+        }
+        for (host, state) in &batch.hosts {
+            wb.insert(&self.hosts, host.as_bytes(), encode(state));
+        }
+        wb.commit()?;
+        crate::metrics::record_batch(&batch);
+        Ok(())
+    }
+
+    /// The state of a repo, if tracked.
+    pub fn repo(&self, did: &str) -> Result<Option<RepoState>> {
+        self.repos
+            .get(did.as_bytes())?
+            .map(|v| decode("repo state", &v))
+            .transpose()
+    }
+
+    /// Every tracked repo's DID and state.
+    pub fn repos(&self) -> Result<Vec<(String, RepoState)>> {
+        let mut out = Vec::new();
+        for guard in self.repos.iter() {
+            let (k, v) = guard.into_inner()?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                decode("repo state", &v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A host's durable stream state.
+    pub fn host(&self, host: &str) -> Result<Option<HostState>> {
+        self.hosts
+            .get(host.as_bytes())?
+            .map(|v| decode("host state", &v))
+            .transpose()
+    }
+
+    /// A block by CID.
+    pub fn block(&self, cid: &Cid) -> Result<Option<Bytes>> {
+        Ok(self
+            .blocks
+            .get(cid.to_bytes())?
+            .map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    /// Whether a block is stored.
+    pub fn has_block(&self, cid: &Cid) -> Result<bool> {
+        Ok(self.blocks.contains_key(cid.to_bytes())?)
+    }
+
+    /// The revision `rev` of `did`.
+    pub fn revision(&self, did: &str, rev: &str) -> Result<Option<CommitEntry>> {
+        self.commits
+            .get(key2(did, rev))?
+            .map(|v| decode("commit entry", &v))
+            .transpose()
+    }
+
+    /// Every stored revision of `did`, oldest first.
+    pub fn history(&self, did: &str) -> Result<Vec<CommitEntry>> {
+        let mut out = Vec::new();
+        for guard in self.commits.prefix(prefix(did)) {
+            let v = guard.value()?;
+            out.push(decode("commit entry", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The current record index of `did`: (path, CID) in path order.
+    pub fn records(&self, did: &str) -> Result<Vec<(String, Cid)>> {
+        let p = prefix(did);
+        let mut out = Vec::new();
+        for guard in self.records.prefix(&p) {
+            let (k, v) = guard.into_inner()?;
+            let path = String::from_utf8_lossy(&k[p.len()..]).into_owned();
+            let cid = Cid::try_from(v.as_ref()).map_err(|e| Error::Corrupt {
+                what: "record cid",
+                detail: e.to_string(),
+            })?;
+            out.push((path, cid));
+        }
+        Ok(out)
+    }
+
+    /// A full repository CAR of `did` at revision `rev` (the head when
+    /// `None`), rebuilt from stored blocks: the commit, every MST node,
+    /// every record.
+    pub fn export_car(&self, did: &str, rev: Option<&str>) -> Result<Vec<u8>> {
+        let entry = match rev {
+            Some(rev) => self.revision(did, rev)?,
+            None => {
+                let state = self.repo(did)?.ok_or_else(|| Error::NotFound(did.into()))?;
+                match state.rev {
+                    Some(rev) => self.revision(did, &rev)?,
+                    None => None,
+                }
+            }
+        }
+        .ok_or_else(|| Error::NotFound(format!("{did} at {rev:?}")))?;
+        let source = Recording::new(StoreBlocks(self));
+        let mut records = Vec::new();
+        for item in MstWalker::new(&source, &entry.data)? {
+            let (_, cid) = item?;
+            records.push(cid);
+        }
+        let nodes: BTreeSet<Cid> = source.seen().into_iter().collect();
+        let mut w =
+            CarWriter::new(Vec::new(), &[entry.cid]).map_err(barn_repo::Error::Io)?;
+        let mut write = |cid: &Cid| -> Result<()> {
+            let data = self
+                .block(cid)?
+                .ok_or(barn_repo::Error::MissingBlock(*cid))?;
+            w.write_block(cid, &data).map_err(barn_repo::Error::Io)?;
+            Ok(())
+        };
+        write(&entry.cid)?;
+        for cid in &nodes {
+            write(cid)?;
+        }
+        let mut written = nodes;
+        for cid in &records {
+            if written.insert(*cid) {
+                write(cid)?;
+            }
+        }
+        Ok(w.finish().map_err(barn_repo::Error::Io)?)
+    }
+
+    /// Bytes on disk, all keyspaces.
+    pub fn disk_space(&self) -> Result<u64> {
+        Ok(self.db.disk_space()?)
+    }
+
+    /// Number of stored blocks (approximate: LSM estimate).
+    pub fn approximate_blocks(&self) -> usize {
+        self.blocks.approximate_len()
+    }
+
+    /// A [`BlockSource`] over the stored blocks.
+    pub fn block_source(&self) -> StoreBlocks<'_> {
+        StoreBlocks(self)
+    }
+
+    /// Forces everything written so far to disk (also done by every
+    /// [`Store::write`]).
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+}
+
+/// The stored blocks as a [`BlockSource`], for walking MSTs.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreBlocks<'a>(&'a Store);
+
+impl BlockSource for StoreBlocks<'_> {
+    fn get_block(&self, cid: &Cid) -> barn_repo::Result<Option<Bytes>> {
+        self.0
+            .block(cid)
+            .map_err(|e| barn_repo::Error::Io(std::io::Error::other(e.to_string())))
+    }
+}
+
+/// Changes to apply together: one atomic, durable write.
+///
+/// Later changes to the same repo state, record or host replace earlier
+/// ones in the same batch, so a batch can carry many commits of one repo.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub(crate) blocks: BTreeMap<Cid, Bytes>,
+    pub(crate) commits: Vec<(String, CommitEntry)>,
+    pub(crate) records: BTreeMap<(String, String), Option<Cid>>,
+    pub(crate) repos: BTreeMap<String, RepoState>,
+    pub(crate) hosts: BTreeMap<String, HostState>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+            && self.commits.is_empty()
+            && self.records.is_empty()
+            && self.repos.is_empty()
+            && self.hosts.is_empty()
+    }
+
+    /// Stores a block (content-addressed; the caller has verified its hash).
+    pub fn put_block(&mut self, cid: Cid, data: Bytes) {
+        self.blocks.insert(cid, data);
+    }
+
+    /// Records a new revision of `did`.
+    pub fn put_revision(&mut self, did: &str, entry: CommitEntry) {
+        self.commits.push((did.to_owned(), entry));
+    }
+
+    /// Sets (or, with `None`, removes) a record in the current index.
+    pub fn set_record(&mut self, did: &str, path: &str, cid: Option<Cid>) {
+        self.records.insert((did.to_owned(), path.to_owned()), cid);
+    }
+
+    /// Sets a repo's state.
+    pub fn set_repo(&mut self, did: &str, state: RepoState) {
+        self.repos.insert(did.to_owned(), state);
+    }
+
+    /// The state this batch will give `did`, if it sets one.
+    pub fn repo(&self, did: &str) -> Option<&RepoState> {
+        self.repos.get(did)
+    }
+
+    /// Sets a host's cursor (and last-event time).
+    pub fn set_host(&mut self, host: &str, state: HostState) {
+        self.hosts.insert(host.to_owned(), state);
+    }
+
+    /// Revisions in the batch.
+    pub fn revisions(&self) -> usize {
+        self.commits.len()
+    }
+
+    /// Block bytes in the batch.
+    pub fn block_bytes(&self) -> usize {
+        self.blocks.values().map(Bytes::len).sum()
+    }
+}
