@@ -466,3 +466,132 @@ fn render(e: &reqwest::Error) -> String {
     }
     message
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use barn_repo::crypto::{KeyType, PrivateKey};
+
+    fn identity(did: &str, age: Duration) -> Arc<Identity> {
+        Arc::new(Identity {
+            did: did.to_owned(),
+            signing_key: PrivateKey::from_seed(KeyType::K256, 1).public_key(),
+            pds: None,
+            handle: None,
+            resolved_at: Instant::now().checked_sub(age).unwrap(),
+        })
+    }
+
+    /// Registers a current flight for `did` and returns its id.
+    fn fly(r: &Resolver, did: &str) -> u64 {
+        let mut st = r.inner.lock();
+        let id = st.next_flight;
+        st.next_flight += 1;
+        let (_tx, outcome) = watch::channel(None);
+        st.flights.insert(did.to_owned(), Flight { id, outcome });
+        id
+    }
+
+    #[test]
+    fn resolver_is_clone_send_sync() {
+        fn check<T: Clone + Send + Sync + 'static>() {}
+        check::<Resolver>();
+        fn check_identity<T: Send + Sync>() {}
+        check_identity::<Identity>();
+        check_identity::<Error>();
+    }
+
+    #[test]
+    fn unusable_configs_are_rejected() {
+        for config in [
+            ResolverConfig {
+                plc_url: "plc.directory".into(),
+                ..ResolverConfig::default()
+            },
+            ResolverConfig {
+                plc_url: "ftp://plc.directory".into(),
+                ..ResolverConfig::default()
+            },
+            ResolverConfig {
+                plc_url: "https://plc.directory/?x=1".into(),
+                ..ResolverConfig::default()
+            },
+            ResolverConfig {
+                max_concurrency: 0,
+                ..ResolverConfig::default()
+            },
+            ResolverConfig {
+                timeout: Duration::ZERO,
+                ..ResolverConfig::default()
+            },
+            ResolverConfig {
+                max_doc_bytes: 0,
+                ..ResolverConfig::default()
+            },
+        ] {
+            let err = Resolver::new(config.clone()).unwrap_err();
+            assert_eq!(err.reason(), "config", "{config:?}: {err}");
+        }
+        let r = Resolver::new(ResolverConfig {
+            plc_url: "http://localhost:2582//".into(),
+            ..ResolverConfig::default()
+        })
+        .unwrap();
+        assert_eq!(
+            r.document_url("did:plc:ewvi7nxzyoun6zhxrhs64oiz").unwrap(),
+            "http://localhost:2582/did:plc:ewvi7nxzyoun6zhxrhs64oiz"
+        );
+    }
+
+    #[test]
+    fn only_the_current_flight_writes_the_cache() {
+        let r = Resolver::new(ResolverConfig::default()).unwrap();
+        let did = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+        let old = fly(&r, did);
+        let new = fly(&r, did);
+        r.inner.land(did, old, &Ok(identity(did, Duration::ZERO)));
+        assert!(r.cached(did).is_none(), "a superseded flight is ignored");
+        assert!(r.inner.lock().flights.contains_key(did));
+        let landed = identity(did, Duration::ZERO);
+        r.inner.land(did, new, &Ok(landed.clone()));
+        assert!(Arc::ptr_eq(&r.cached(did).unwrap(), &landed));
+        assert!(r.inner.lock().flights.is_empty());
+
+        // A transient failure keeps the last good answer; 404/410 drop it.
+        let id = fly(&r, did);
+        let transient = Error::Timeout { url: "u".into() };
+        r.inner.land(did, id, &Err(transient));
+        assert!(r.cached(did).is_some());
+        let id = fly(&r, did);
+        let gone = Error::DidTombstoned {
+            did: did.into(),
+            url: "u".into(),
+        };
+        r.inner.land(did, id, &Err(gone));
+        assert!(r.cached(did).is_none());
+
+        // invalidate() orphans the flight under way.
+        let id = fly(&r, did);
+        r.invalidate(did);
+        r.inner.land(did, id, &Ok(identity(did, Duration::ZERO)));
+        assert!(r.cached(did).is_none());
+    }
+
+    #[test]
+    fn a_full_cache_is_swept_of_expired_entries() {
+        let r = Resolver::new(ResolverConfig::default()).unwrap();
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        for i in 0..MIN_SWEEP_AT {
+            let did = format!("did:web:host{i}.example.com");
+            let id = fly(&r, &did);
+            let age = if i % 2 == 0 { hours(2) } else { Duration::ZERO };
+            r.inner.land(&did, id, &Ok(identity(&did, age)));
+        }
+        let st = r.inner.lock();
+        assert_eq!(st.cache.len(), MIN_SWEEP_AT / 2);
+        assert!(st.cache.values().all(|i| r.inner.is_fresh(i)));
+        assert_eq!(st.sweep_at, MIN_SWEEP_AT);
+    }
+}
