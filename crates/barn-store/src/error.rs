@@ -10,7 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// fjall failed (I/O, a poisoned database after a failed fsync, …).
     #[error("database: {0}")]
-    Db(#[from] fjall::Error),
+    Db(Box<fjall::Error>),
     /// A stored value does not decode: corruption or a format change.
     #[error("corrupt {what}: {detail}")]
     Corrupt {
@@ -22,10 +22,23 @@ pub enum Error {
     /// A repository operation on stored blocks failed (e.g. a block missing
     /// while exporting a revision).
     #[error(transparent)]
-    Repo(#[from] barn_repo::Error),
+    Repo(Box<barn_repo::Error>),
     /// The requested repo or revision is not stored.
     #[error("not found: {0}")]
     NotFound(String),
+}
+
+// Boxed: these sit on every hot path's `Result`; keep it small.
+impl From<fjall::Error> for Error {
+    fn from(e: fjall::Error) -> Error {
+        Error::Db(Box::new(e))
+    }
+}
+
+impl From<barn_repo::Error> for Error {
+    fn from(e: barn_repo::Error) -> Error {
+        Error::Repo(Box::new(e))
+    }
 }
 
 impl Error {

@@ -278,8 +278,7 @@ impl Store {
             records.push(cid);
         }
         let nodes: BTreeSet<Cid> = source.seen().into_iter().collect();
-        let mut w =
-            CarWriter::new(Vec::new(), &[entry.cid]).map_err(barn_repo::Error::Io)?;
+        let mut w = CarWriter::new(Vec::new(), &[entry.cid]).map_err(barn_repo::Error::Io)?;
         let mut write = |cid: &Cid| -> Result<()> {
             let data = self
                 .block(cid)?
