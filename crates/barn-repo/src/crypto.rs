@@ -46,9 +46,17 @@
 //! - **Why libsecp256k1 for K-256.** A firehose consumer verifies every commit
 //!   it sees, and most atproto accounts use K-256 keys. The C library (through
 //!   the `secp256k1` crate) verifies about 2.5x faster per core than the pure
-//!   Rust `k256` crate, so it is used for K-256. P-256 keys are rarer and use
-//!   RustCrypto's `p256`, which is roughly ten times slower than libsecp256k1
-//!   per verification; that is acceptable for their share of traffic.
+//!   Rust `k256` crate, so it is used for K-256.
+//! - **Why `ring` for P-256 verification.** RustCrypto's `p256` verifies
+//!   about ten times slower than libsecp256k1, and it is what every peer
+//!   uses, so barn was only at parity there. [`PublicKey::verify`] checks
+//!   P-256 signatures with `ring` (BoringSSL's P-256 code), which is several
+//!   times faster (see `benches/README.md`). `p256` still parses keys (ring
+//!   needs the uncompressed point, so the key is decompressed once, at
+//!   parse time), parses the signature (r and s in `1..n`) and decides
+//!   low-S, exactly as before; ring only replaces the final check. ring has
+//!   no API taking a digest, so [`PublicKey::verify_prehash`] stays on
+//!   `p256` for P-256: both accept exactly the same signatures.
 //! - **Hash first.** atproto signs SHA-256 of the message; the `*_prehash`
 //!   variants take that digest directly for callers that already have it.
 
@@ -191,7 +199,13 @@ impl KeyType {
 #[derive(Clone)]
 enum PublicInner {
     K256(secp256k1::PublicKey),
-    P256(p256::ecdsa::VerifyingKey),
+    P256 {
+        key: p256::ecdsa::VerifyingKey,
+        /// The uncompressed SEC1 point (`0x04`, x, y), the only form ring's
+        /// ECDSA verifier takes: decompressing is a square root, done once
+        /// here rather than on every verification.
+        uncompressed: [u8; UNCOMPRESSED_LEN],
+    },
 }
 
 /// A K-256 or P-256 public key that can verify atproto signatures.
@@ -301,9 +315,12 @@ impl PublicKey {
         // the error path only exists to avoid a panic.
         let compressed = <[u8; COMPRESSED_LEN]>::try_from(key.to_encoded_point(true).as_bytes())
             .map_err(|_| CryptoError::InvalidPoint)?;
+        let uncompressed =
+            <[u8; UNCOMPRESSED_LEN]>::try_from(key.to_encoded_point(false).as_bytes())
+                .map_err(|_| CryptoError::InvalidPoint)?;
         Ok(Self {
             compressed,
-            inner: PublicInner::P256(key),
+            inner: PublicInner::P256 { key, uncompressed },
         })
     }
 
@@ -311,7 +328,7 @@ impl PublicKey {
     pub fn key_type(&self) -> KeyType {
         match self.inner {
             PublicInner::K256(_) => KeyType::K256,
-            PublicInner::P256(_) => KeyType::P256,
+            PublicInner::P256 { .. } => KeyType::P256,
         }
     }
 
@@ -335,8 +352,23 @@ impl PublicKey {
     }
 
     /// Verifies a 64-byte compact signature over SHA-256 of `msg`.
+    /// High-S signatures are rejected with [`CryptoError::HighS`].
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
-        self.verify_prehash(&sha256(msg), sig)
+        match &self.inner {
+            PublicInner::K256(_) => self.verify_prehash(&sha256(msg), sig),
+            PublicInner::P256 { uncompressed, .. } => {
+                // The same checks, in the same order, as `verify_prehash`;
+                // only the final verification runs on ring (which hashes
+                // `msg` itself).
+                check_p256_signature(sig)?;
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED,
+                    uncompressed,
+                )
+                .verify(msg, sig)
+                .map_err(|_| CryptoError::InvalidSignature)
+            }
+        }
     }
 
     /// Verifies a 64-byte compact signature over an already computed SHA-256
@@ -360,19 +392,30 @@ impl PublicKey {
                 secp256k1::ecdsa::verify(&parsed, secp256k1::Message::from_digest(*digest), key)
                     .map_err(|_| CryptoError::InvalidSignature)
             }
-            PublicInner::P256(key) => {
-                let parsed = p256::ecdsa::Signature::from_slice(sig)
-                    .map_err(|_| CryptoError::InvalidSignature)?;
-                // `normalize_s` returns `Some` exactly when s is high. p256's
-                // verifier does not check this itself.
-                if parsed.normalize_s().is_some() {
-                    return Err(CryptoError::HighS);
-                }
+            PublicInner::P256 { key, .. } => {
+                let parsed = check_p256_signature(sig)?;
                 key.verify_prehash(digest, &parsed)
                     .map_err(|_| CryptoError::InvalidSignature)
             }
         }
     }
+}
+
+/// Parses a compact P-256 signature and enforces low-S, before any backend
+/// sees it. Neither backend checks low-S itself: both p256 and ring accept
+/// `(r, n - s)` as readily as `(r, s)`.
+fn check_p256_signature(sig: &[u8]) -> Result<p256::ecdsa::Signature, CryptoError> {
+    if sig.len() != SIGNATURE_LEN {
+        return Err(CryptoError::BadSignatureLength(sig.len()));
+    }
+    // Rejects r or s of zero or >= n.
+    let parsed =
+        p256::ecdsa::Signature::from_slice(sig).map_err(|_| CryptoError::InvalidSignature)?;
+    // `normalize_s` returns `Some` exactly when s is high.
+    if parsed.normalize_s().is_some() {
+        return Err(CryptoError::HighS);
+    }
+    Ok(parsed)
 }
 
 impl PartialEq for PublicKey {
@@ -685,16 +728,79 @@ mod tests {
     }
 
     #[test]
-    fn p256_library_alone_would_accept_high_s() {
+    fn p256_libraries_alone_would_accept_high_s() {
         // The reason for the explicit check: without it this forgery-free but
-        // malleated signature would pass.
+        // malleated signature would pass, with either backend.
         let key = PrivateKey::from_seed(KeyType::P256, 2);
         let high = flip_s(KeyType::P256, &key.sign(b"malleable?"));
-        let PublicInner::P256(vk) = &key.public_key().inner else {
+        let PublicInner::P256 {
+            key: vk,
+            uncompressed,
+        } = &key.public_key().inner
+        else {
             panic!("expected a P-256 key");
         };
         let parsed = p256::ecdsa::Signature::from_slice(&high).unwrap();
         assert!(vk.verify_prehash(&sha256(b"malleable?"), &parsed).is_ok());
+        let ring_key = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            uncompressed,
+        );
+        assert!(ring_key.verify(b"malleable?", &high).is_ok());
+        // barn rejects it on both paths.
+        let public = key.public_key();
+        assert_eq!(public.verify(b"malleable?", &high), Err(CryptoError::HighS));
+        assert_eq!(
+            public.verify_prehash(&sha256(b"malleable?"), &high),
+            Err(CryptoError::HighS)
+        );
+    }
+
+    #[test]
+    fn p256_message_path_and_prehash_path_agree() {
+        // `verify` (ring) and `verify_prehash` (p256) must give the same
+        // answer, error included, on valid, tampered and malformed input.
+        let key = PrivateKey::from_seed(KeyType::P256, 11);
+        let public = key.public_key();
+        let other = PrivateKey::from_seed(KeyType::P256, 12).public_key();
+        for i in 0u32..32 {
+            let msg = i.to_be_bytes();
+            let sig = key.sign(&msg);
+            let mut bad_r = sig;
+            bad_r[5] ^= 1;
+            let mut bad_s = sig;
+            bad_s[40] ^= 1;
+            let mut zero_s = sig;
+            zero_s[32..].fill(0);
+            let mut big_s = sig;
+            big_s[32..].copy_from_slice(&P256_ORDER);
+            let high = flip_s(KeyType::P256, &sig);
+            for (k, candidate) in [
+                (&public, &sig),
+                (&other, &sig),
+                (&public, &bad_r),
+                (&public, &bad_s),
+                (&public, &zero_s),
+                (&public, &big_s),
+                (&public, &high),
+            ] {
+                assert_eq!(
+                    k.verify(&msg, candidate),
+                    k.verify_prehash(&sha256(&msg), candidate),
+                    "message {i}"
+                );
+            }
+            assert_eq!(public.verify(&msg, &sig), Ok(()));
+            assert_eq!(public.verify(&msg, &high), Err(CryptoError::HighS));
+            assert_eq!(
+                public.verify(&msg, &big_s),
+                Err(CryptoError::InvalidSignature)
+            );
+            assert_eq!(
+                public.verify(&msg, &zero_s),
+                Err(CryptoError::InvalidSignature)
+            );
+        }
     }
 
     #[test]
@@ -815,7 +921,13 @@ mod tests {
             let compressed = public.compressed_bytes();
             let uncompressed = match &public.inner {
                 PublicInner::K256(k) => k.serialize_uncompressed().to_vec(),
-                PublicInner::P256(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+                PublicInner::P256 { key, uncompressed } => {
+                    assert_eq!(
+                        key.to_encoded_point(false).as_bytes(),
+                        uncompressed.as_slice()
+                    );
+                    uncompressed.to_vec()
+                }
             };
             assert_eq!(uncompressed.len(), 65);
             for raw in [compressed.to_vec(), uncompressed] {
