@@ -147,7 +147,8 @@ pub enum Delivery {
         /// The cursor sent, if any.
         cursor: Option<i64>,
     },
-    /// The connection ended; the client reconnects after a backoff.
+    /// A connection that was [`Delivery::Connected`] ended; the client
+    /// reconnects after a backoff.
     Disconnected {
         /// Why, for logs.
         reason: String,
@@ -224,8 +225,15 @@ impl Subscription {
     }
 }
 
-/// Starts a subscription task for `config.host`. It runs until `shutdown`
-/// is cancelled or the [`Subscription`] is dropped.
+/// Starts a subscription task for `config.host` (on the current tokio
+/// runtime). It runs until `shutdown` is cancelled or the [`Subscription`]
+/// is dropped; a host that is not a valid URL ends it at once, after one
+/// [`Delivery::Disconnected`] saying why.
+///
+/// The first delivery of each connection is [`Delivery::Connected`]. A
+/// connection attempt that fails is logged and counted
+/// (`reconnects_total{reason="connect_failed"}`) but not delivered: the
+/// consumer hears of the next success.
 pub fn subscribe(
     config: SubscribeConfig,
     shutdown: CancellationToken,
@@ -476,6 +484,7 @@ impl Worker {
                     if !self.deliver(rejected).await {
                         return (End::ConsumerGone, progressed);
                     }
+                    last_activity = Instant::now();
                     continue;
                 }
                 // tungstenite answers pings itself; either way the host is alive.

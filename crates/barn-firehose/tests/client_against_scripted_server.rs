@@ -311,7 +311,7 @@ async fn silent_socket_is_replaced_by_the_watchdog_but_a_quiet_one_is_not() {
         if i == 0 {
             send(&mut ws, commit(1, 10)).await;
             // Quiet but alive: reading answers the client's pings.
-            linger(&mut ws, Duration::from_millis(1500)).await;
+            linger(&mut ws, Duration::from_millis(2500)).await;
             // Then hung: nothing read, nothing sent, socket still open.
             tokio::time::sleep(Duration::from_secs(10)).await;
         } else {
@@ -322,7 +322,7 @@ async fn silent_socket_is_replaced_by_the_watchdog_but_a_quiet_one_is_not() {
     .await;
     let registry = prometheus::Registry::new();
     let mut cfg = config(&server.host, &registry);
-    cfg.watchdog = Duration::from_millis(500);
+    cfg.watchdog = Duration::from_secs(1);
     let shutdown = CancellationToken::new();
     let (mut sub, task) = subscribe(cfg, shutdown.clone());
     let start = tokio::time::Instant::now();
@@ -331,7 +331,7 @@ async fn silent_socket_is_replaced_by_the_watchdog_but_a_quiet_one_is_not() {
     let got = take(&mut sub, 3).await;
     // Not before the quiet phase ended: pongs kept it alive.
     assert!(
-        start.elapsed() >= Duration::from_millis(1500),
+        start.elapsed() >= Duration::from_millis(2500),
         "{:?}",
         start.elapsed()
     );
@@ -510,19 +510,32 @@ async fn a_fast_producer_is_held_back_by_the_byte_budget() {
     let (mut sub, task) = subscribe(cfg, shutdown.clone());
     assert_eq!(take(&mut sub, 1).await, [D::Connected(None)]);
 
-    // The consumer stalls: the budget fills and the reader stops reading.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The consumer stalls: the budget fills and the reader stops reading,
+    // so the producer stops once the socket buffers are full.
     let frame = commit(1, BLOCKS).len();
-    let queued = sub.queued_bytes();
-    assert!(queued <= BUDGET && queued > BUDGET - frame, "{queued}");
-    let stalled = sent.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        sent.load(Ordering::SeqCst),
-        stalled,
-        "the producer is blocked"
-    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sub.queued_bytes() <= BUDGET - frame {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "budget never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut stalled = sent.load(Ordering::SeqCst);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = sent.load(Ordering::SeqCst);
+        if now == stalled {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "producer never stalled"
+        );
+        stalled = now;
+    }
     assert!(stalled < FRAMES as usize, "all {stalled} frames were sent");
+    assert!(sub.queued_bytes() <= BUDGET, "{}", sub.queued_bytes());
 
     // Frames held by the consumer keep their bytes: holding a budget's
     // worth blocks the stream.
