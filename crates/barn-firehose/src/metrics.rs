@@ -1,5 +1,5 @@
 //! Prometheus counters for subscriptions, each labelled by `host`, and the
-//! log line that goes with every increment: [`Recorder`]'s methods do both,
+//! log line that goes with every increment: the crate-private `Recorder`'s methods do both,
 //! so the two never drift apart.
 //!
 //! | metric | labels | counts |
