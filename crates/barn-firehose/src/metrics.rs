@@ -1,6 +1,6 @@
 //! Prometheus counters for subscriptions, each labelled by `host`, and the
-//! log line that goes with every increment: the crate-private `Recorder`'s methods do both,
-//! so the two never drift apart.
+//! log line that goes with every increment: the crate-private `Recorder`'s
+//! methods do both, so the two never drift apart.
 //!
 //! | metric | labels | counts |
 //! | --- | --- | --- |
