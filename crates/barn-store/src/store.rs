@@ -240,6 +240,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Every stored revision in the order barn stored them: (barn seq,
+    /// DID, rev).
+    pub fn events(&self) -> Result<Vec<(u64, String, String)>> {
+        let mut out = Vec::new();
+        for guard in self.events.iter() {
+            let (k, v) = guard.into_inner()?;
+            let seq = <[u8; 8]>::try_from(k.as_ref()).map_err(|_| Error::Corrupt {
+                what: "events key",
+                detail: format!("{} bytes", k.len()),
+            })?;
+            let (did, rev): (String, String) = decode("event", &v)?;
+            out.push((u64::from_be_bytes(seq), did, rev));
+        }
+        Ok(out)
+    }
+
     /// The current record index of `did`: (path, CID) in path order.
     pub fn records(&self, did: &str) -> Result<Vec<(String, Cid)>> {
         let p = prefix(did);

@@ -1,6 +1,8 @@
-//! The `barn` command line. Today it carries the offline repository tools
-//! built on barn-repo; the mirror itself (`barn serve`) arrives with the
-//! live-mirror work.
+//! The `barn` command line: `barn serve` runs the live mirror; the offline
+//! repository tools sit beside it.
+
+mod config;
+mod serve;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,6 +26,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the mirror: follow every configured host's firehose, verify each
+    /// commit and store it durably with its history. Stops cleanly on
+    /// SIGTERM / SIGINT. Logs go to stderr (level from BARN_LOG, e.g.
+    /// `BARN_LOG=debug`).
+    Serve(ServeArgs),
     /// Verify a repository CAR file (as served by com.atproto.sync.getRepo):
     /// every block hash, the MST structure, every record present, and the
     /// commit signature when a key is given. Prints a JSON summary.
@@ -42,13 +49,39 @@ enum Command {
     },
 }
 
+/// Settings for `barn serve`; each flag also reads a `BARN_*` variable and
+/// overrides the config file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (see deploy/barn.example.toml).
+    #[arg(long, short, env = "BARN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (default ./data).
+    #[arg(long, env = "BARN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A host to back up whole, e.g. https://pds.example.com (repeatable;
+    /// in the environment, comma-separated).
+    #[arg(long = "host", env = "BARN_HOSTS", value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// PLC directory (default https://plc.directory).
+    #[arg(long, env = "BARN_PLC_URL")]
+    plc_url: Option<String>,
+    /// Resolve did:web:localhost over plain http (tests only).
+    #[arg(long, env = "BARN_ALLOW_HTTP_LOCALHOST", hide = true)]
+    allow_http_localhost: bool,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        return serve_main(args);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     match cli.command {
+        Command::Serve(_) => Ok(()),
         Command::VerifyCar {
             path,
             did,
@@ -103,4 +136,31 @@ async fn verify_car(
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BARN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let file = match &args.config {
+        Some(path) => config::RawConfig::from_file(path)?,
+        None => config::RawConfig::default(),
+    };
+    let flags = config::RawConfig {
+        data_dir: args.data_dir,
+        plc_url: args.plc_url,
+        hosts: (!args.hosts.is_empty()).then_some(args.hosts),
+        allow_http_localhost: args.allow_http_localhost.then_some(true),
+        mirror: None,
+    };
+    let config = file.merge(flags).validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(serve::serve(config))
 }

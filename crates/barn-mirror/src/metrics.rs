@@ -1,0 +1,220 @@
+//! The mirror's Prometheus metrics. Each counter has a log line beside it
+//! where it is incremented.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Handles to the mirror's metrics; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    events: IntCounterVec,
+    rejected_frames: IntCounterVec,
+    verify_failures: IntCounterVec,
+    applied: IntCounterVec,
+    resyncs: IntCounterVec,
+    moved: IntCounterVec,
+    host_failures: IntCounterVec,
+    group_commit_revisions: Histogram,
+    group_commit_seconds: Histogram,
+    durable_latency_seconds: HistogramVec,
+    /// The firehose client's own metrics, shared by every subscription.
+    pub firehose: Option<barn_firehose::Metrics>,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+impl Metrics {
+    /// Unregistered metrics (tests, benches).
+    pub fn new() -> prometheus::Result<Metrics> {
+        Ok(Metrics {
+            events: counter(
+                "barn_mirror_events_total",
+                "Firehose events received, by host and type",
+                &["host", "type"],
+            )?,
+            rejected_frames: counter(
+                "barn_mirror_rejected_frames_total",
+                "Frames that did not decode, by host and reason",
+                &["host", "reason"],
+            )?,
+            verify_failures: counter(
+                "barn_mirror_verification_failures_total",
+                "Events not applied, by host and reason (duplicates and stale revs included)",
+                &["host", "reason"],
+            )?,
+            applied: counter(
+                "barn_mirror_commits_applied_total",
+                "Verified commits made durable, by host",
+                &["host"],
+            )?,
+            resyncs: counter(
+                "barn_mirror_resyncs_total",
+                "Repo resyncs by getRepo, by host and outcome",
+                &["host", "outcome"],
+            )?,
+            moved: counter(
+                "barn_mirror_accounts_moved_total",
+                "Accounts followed to a new host, by old host",
+                &["host"],
+            )?,
+            host_failures: counter(
+                "barn_mirror_host_task_failures_total",
+                "Host tasks that stopped on an error",
+                &["host", "reason"],
+            )?,
+            group_commit_revisions: Histogram::with_opts(
+                HistogramOpts::new(
+                    "barn_mirror_group_commit_revisions",
+                    "Revisions per group commit",
+                )
+                .buckets(vec![
+                    0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
+                ]),
+            )?,
+            group_commit_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "barn_mirror_group_commit_seconds",
+                    "Time to write and fsync one group commit",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16)?),
+            )?,
+            durable_latency_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "barn_mirror_durable_latency_seconds",
+                    "From frame received to commit durable",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18)?),
+                &[],
+            )?,
+            firehose: None,
+        })
+    }
+
+    /// Metrics registered into `registry`, the firehose client's too.
+    pub fn registered(registry: &Registry) -> prometheus::Result<Metrics> {
+        let mut m = Metrics::new()?;
+        m.register(registry)?;
+        m.firehose = Some(
+            barn_firehose::Metrics::register(registry)
+                .map_err(|e| prometheus::Error::Msg(e.to_string()))?,
+        );
+        Ok(m)
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.events.clone()))?;
+        registry.register(Box::new(self.rejected_frames.clone()))?;
+        registry.register(Box::new(self.verify_failures.clone()))?;
+        registry.register(Box::new(self.applied.clone()))?;
+        registry.register(Box::new(self.resyncs.clone()))?;
+        registry.register(Box::new(self.moved.clone()))?;
+        registry.register(Box::new(self.host_failures.clone()))?;
+        registry.register(Box::new(self.group_commit_revisions.clone()))?;
+        registry.register(Box::new(self.group_commit_seconds.clone()))?;
+        registry.register(Box::new(self.durable_latency_seconds.clone()))?;
+        Ok(())
+    }
+
+    pub(crate) fn event(&self, host: &str, kind: &str) {
+        self.events.with_label_values(&[host, kind]).inc();
+    }
+    pub(crate) fn rejected(&self, host: &str, reason: &str) {
+        self.rejected_frames
+            .with_label_values(&[host, reason])
+            .inc();
+    }
+    pub(crate) fn verify_failed(&self, host: &str, reason: &str) {
+        self.verify_failures
+            .with_label_values(&[host, reason])
+            .inc();
+    }
+    pub(crate) fn applied(&self, host: &str) {
+        self.applied.with_label_values(&[host]).inc();
+    }
+    pub(crate) fn resync(&self, host: &str, outcome: &str) {
+        self.resyncs.with_label_values(&[host, outcome]).inc();
+    }
+    pub(crate) fn moved(&self, host: &str) {
+        self.moved.with_label_values(&[host]).inc();
+    }
+    pub(crate) fn host_failed(&self, host: &str, reason: &str) {
+        self.host_failures.with_label_values(&[host, reason]).inc();
+    }
+    pub(crate) fn group_commit(&self, revisions: usize, took: Duration) {
+        self.group_commit_revisions.observe(revisions as f64);
+        self.group_commit_seconds.observe(took.as_secs_f64());
+    }
+    pub(crate) fn latency(&self, d: Duration) {
+        self.durable_latency_seconds
+            .with_label_values(&[] as &[&str])
+            .observe(d.as_secs_f64());
+    }
+
+    /// Verification failures for `reason`, summed over hosts.
+    pub fn verification_failures(&self, reason: &str) -> u64 {
+        sum_label(&self.verify_failures, "reason", Some(reason))
+    }
+
+    /// Every verification failure except the harmless ones (duplicates and
+    /// stale revs replayed after a reconnect, events for other hosts'
+    /// repos, repos waiting for a resync).
+    pub fn hard_verification_failures(&self) -> u64 {
+        let soft = [
+            "duplicate",
+            "rev_not_increasing",
+            "wrong_host",
+            "desynchronized",
+            "sync_not_newer",
+        ];
+        let mut total = 0;
+        for mf in prometheus::core::Collector::collect(&self.verify_failures) {
+            for m in mf.get_metric() {
+                let reason = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "reason")
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default();
+                if !soft.contains(&reason.as_str()) {
+                    total += m.get_counter().value() as u64;
+                }
+            }
+        }
+        total
+    }
+
+    /// Commits applied, summed over hosts.
+    pub fn commits_applied(&self) -> u64 {
+        sum_label(&self.applied, "host", None)
+    }
+
+    /// Resyncs with `outcome`, summed over hosts.
+    pub fn resyncs(&self, outcome: &str) -> u64 {
+        sum_label(&self.resyncs, "outcome", Some(outcome))
+    }
+
+    /// Accounts followed to another host.
+    pub fn accounts_moved(&self) -> u64 {
+        sum_label(&self.moved, "host", None)
+    }
+}
+
+fn sum_label(v: &IntCounterVec, label: &str, value: Option<&str>) -> u64 {
+    let mut total = 0;
+    for mf in prometheus::core::Collector::collect(v) {
+        for m in mf.get_metric() {
+            let ok = value.is_none_or(|want| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == label && l.value() == want)
+            });
+            if ok {
+                total += m.get_counter().value() as u64;
+            }
+        }
+    }
+    total
+}

@@ -1,0 +1,1077 @@
+//! The live mirror: one task per tracked host, from websocket frames to
+//! durable revisions.
+//!
+//! # Terminology
+//! - **host task**: subscribes to one host's `subscribeRepos`, verifies
+//!   every event for the repos it tracks, and group-commits the results
+//!   together with the host's cursor.
+//! - **whole host** / **accounts**: a host is tracked whole (every repo on
+//!   it, the operator's case) or only for some DIDs (an account followed
+//!   after it migrated there).
+//! - **pending**: verified changes not yet written; they are visible to
+//!   the next verifications of the same task through an overlay.
+//!
+//! # Tricky bits
+//! - The cursor written with a batch is the seq of the last event whose
+//!   effects are in that batch or that was decided to be ignored. An event
+//!   that leads to a resync marks the repo desynchronized *in the same
+//!   batch*; at start-up every desynchronized repo is resynced, so a crash
+//!   between the batch and the resync loses nothing.
+//! - Only the task of a repo's current host writes that repo. When the DID
+//!   document names another host, the repo's `host` changes in a batch,
+//!   and only after that batch is durable does the new host's task take the
+//!   repo over (and resync it from there).
+//! - Events replayed after a reconnect or restart carry revs barn already
+//!   holds; they are dropped as duplicates, never applied twice.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use barn_firehose::{
+    AccountEvent, CommitEvent, Delivery, Event, Frame, IdentityEvent, SubscribeConfig, SyncEvent,
+    subscribe,
+};
+use barn_identity::{Identity, Resolver};
+use barn_repo::car::{CarLimits, read_car};
+use barn_repo::commit::{Commit, verify_repo};
+use barn_store::{
+    Batch, CommitEntry, HostState, Op, OpAction, RepoState, Source, Store, SyncState, now_ms,
+};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::verify::{CommitInput, Disposition, Head, Rejection, verify_commit};
+
+/// Mirror settings.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// Flush a group commit once it holds this many revisions.
+    pub group_commit_max: usize,
+    /// Flush a group commit when no frame arrives for this long.
+    pub group_commit_delay: Duration,
+    /// Cursor for a host barn has never followed: `Some(0)` replays the
+    /// host's whole backlog (each unknown repo is then resynced), `None`
+    /// starts live.
+    pub new_host_cursor: Option<i64>,
+    /// Largest websocket frame.
+    pub max_frame_bytes: usize,
+    /// Byte budget of frames received but not yet processed, per host.
+    pub queue_bytes: usize,
+    /// Reconnect a socket silent for this long.
+    pub watchdog: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Largest `getRepo` accepted by a resync.
+    pub max_repo_bytes: u64,
+    /// Do not retry a failed resync of one repo sooner than this.
+    pub resync_retry: Duration,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            group_commit_max: 1000,
+            group_commit_delay: Duration::from_millis(5),
+            new_host_cursor: Some(0),
+            max_frame_bytes: 5 << 20,
+            queue_bytes: 64 << 20,
+            watchdog: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(500),
+            max_repo_bytes: 1 << 30,
+            resync_retry: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `http(s)://host[:port]`, lowercase, without a trailing slash: the form
+/// hosts are keyed by.
+pub fn normalize_host(url: &str) -> String {
+    url.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+#[derive(Debug)]
+enum Control {
+    /// Start following `did` on this host and resync it from here.
+    Adopt(String),
+}
+
+struct HostEntry {
+    whole: bool,
+    accounts: Arc<Mutex<HashSet<String>>>,
+    control: mpsc::UnboundedSender<Control>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    resolver: Resolver,
+    http: reqwest::Client,
+    config: MirrorConfig,
+    metrics: Metrics,
+    hosts: Mutex<HashMap<String, HostEntry>>,
+    shutdown: CancellationToken,
+}
+
+/// The running mirror. Cheap to clone.
+#[derive(Clone)]
+pub struct Mirror {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirror").finish_non_exhaustive()
+    }
+}
+
+impl Mirror {
+    /// A mirror over `store`, resolving identities with `resolver`.
+    pub fn new(
+        store: Arc<Store>,
+        resolver: Resolver,
+        config: MirrorConfig,
+        metrics: Metrics,
+    ) -> Mirror {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .unwrap_or_default();
+        Mirror {
+            inner: Arc::new(Inner {
+                store,
+                resolver,
+                http,
+                config,
+                metrics,
+                hosts: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Starts the host tasks: `whole_hosts` tracked whole, plus every host
+    /// that stored repos name (tracked for those repos only).
+    pub fn start(&self, whole_hosts: &[String]) -> Result<()> {
+        for host in whole_hosts {
+            self.track_host(host);
+        }
+        for (did, state) in self.inner.store.repos()? {
+            self.inner.follow(&state.host, &did, false);
+        }
+        Ok(())
+    }
+
+    /// Tracks every repo of `host`.
+    pub fn track_host(&self, host: &str) {
+        let host = normalize_host(host);
+        let mut hosts = self.inner.lock_hosts();
+        if let Some(entry) = hosts.get_mut(&host) {
+            entry.whole = true;
+            return;
+        }
+        let entry = self.inner.spawn_host(&host, true);
+        hosts.insert(host, entry);
+    }
+
+    /// Stops intake, flushes every host's group commit and cursor, and
+    /// waits for the host tasks.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let tasks: Vec<JoinHandle<()>> = self
+            .inner
+            .lock_hosts()
+            .values_mut()
+            .filter_map(|e| e.task.take())
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// Hosts with a running task.
+    pub fn hosts(&self) -> Vec<String> {
+        self.inner.lock_hosts().keys().cloned().collect()
+    }
+}
+
+impl Inner {
+    fn lock_hosts(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostEntry>> {
+        // A panic while holding this lock leaves the map itself intact.
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spawn_host(self: &Arc<Self>, host: &str, whole: bool) -> HostEntry {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let accounts = Arc::new(Mutex::new(HashSet::new()));
+        let inner = self.clone();
+        let task_host = host.to_owned();
+        let task_accounts = accounts.clone();
+        let task = tokio::spawn(async move {
+            let h = task_host.clone();
+            if let Err(e) = run_host(inner.clone(), task_host, task_accounts, rx).await {
+                inner.metrics.host_failed(&h, e.reason());
+                tracing::error!(host = %h, error = %e, "host task stopped");
+            }
+        });
+        HostEntry {
+            whole,
+            accounts,
+            control: tx,
+            task: Some(task),
+        }
+    }
+
+    /// Makes sure `host` has a task that follows `did`; with `adopt`, that
+    /// task also resyncs it (the repo has just moved there).
+    fn follow(self: &Arc<Self>, host: &str, did: &str, adopt: bool) {
+        let host = normalize_host(host);
+        let mut hosts = self.lock_hosts();
+        let entry = match hosts.get_mut(&host) {
+            Some(e) => e,
+            None => {
+                let e = self.spawn_host(&host, false);
+                hosts.entry(host.clone()).or_insert(e)
+            }
+        };
+        entry
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(did.to_owned());
+        if adopt {
+            let _ = entry.control.send(Control::Adopt(did.to_owned()));
+        }
+    }
+
+    fn tracks(&self, host: &str, accounts: &Mutex<HashSet<String>>, did: &str) -> bool {
+        let whole = self.lock_hosts().get(host).is_some_and(|e| e.whole);
+        whole
+            || accounts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(did)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// host task
+
+struct Pending {
+    batch: Batch,
+    overlay: HashMap<String, RepoState>,
+    cursor: Option<i64>,
+    cursor_dirty: bool,
+    first_at: Option<Instant>,
+    /// Frame-received times of the revisions in the batch, for latency.
+    received: Vec<Instant>,
+    /// Repos whose host changed in this batch: (did, new host).
+    moves: Vec<(String, String)>,
+}
+
+impl Pending {
+    fn new(cursor: Option<i64>) -> Pending {
+        Pending {
+            batch: Batch::new(),
+            overlay: HashMap::new(),
+            cursor,
+            cursor_dirty: false,
+            first_at: None,
+            received: Vec::new(),
+            moves: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batch.is_empty() && !self.cursor_dirty
+    }
+
+    fn set_repo(&mut self, did: &str, state: RepoState) {
+        self.batch.set_repo(did, state.clone());
+        self.overlay.insert(did.to_owned(), state);
+        self.first_at.get_or_insert_with(Instant::now);
+    }
+}
+
+struct HostTask {
+    inner: Arc<Inner>,
+    host: String,
+    accounts: Arc<Mutex<HashSet<String>>>,
+    pending: Pending,
+    resyncs: VecDeque<(String, Source, String)>,
+    last_resync: HashMap<String, Instant>,
+}
+
+async fn run_host(
+    inner: Arc<Inner>,
+    host: String,
+    accounts: Arc<Mutex<HashSet<String>>>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) -> Result<()> {
+    let stored = inner.store.host(&host)?;
+    let cursor = match &stored {
+        Some(h) => h.cursor,
+        None => inner.config.new_host_cursor,
+    };
+    let mut cfg = SubscribeConfig::new(host.clone());
+    cfg.cursor = cursor;
+    cfg.max_frame_bytes = inner.config.max_frame_bytes;
+    cfg.queue_bytes = inner.config.queue_bytes;
+    cfg.watchdog = inner.config.watchdog;
+    cfg.backoff_min = inner.config.backoff_min;
+    cfg.metrics = inner.metrics.firehose.clone();
+    let shutdown = inner.shutdown.child_token();
+    let (mut sub, sub_task) = subscribe(cfg, shutdown.clone());
+    tracing::info!(%host, ?cursor, "following host");
+
+    let mut task = HostTask {
+        inner: inner.clone(),
+        host: host.clone(),
+        accounts,
+        pending: Pending::new(stored.and_then(|h| h.cursor)),
+        resyncs: VecDeque::new(),
+        last_resync: HashMap::new(),
+    };
+    // Repos left desynchronized (by a failed check, or a crash before
+    // their resync) are resynced first.
+    for (did, state) in inner.store.repos()? {
+        if normalize_host(&state.host) == host && state.sync == SyncState::Desynchronized {
+            let reason = state.sync_reason.clone().unwrap_or_default();
+            task.resyncs.push_back((did, Source::Resync, reason));
+        }
+    }
+    task.drain_resyncs().await?;
+
+    let delay = inner.config.group_commit_delay;
+    loop {
+        let next = if task.pending.is_empty() {
+            tokio::select! {
+                d = sub.recv() => Some(d),
+                c = control.recv() => { if let Some(c) = c { task.control(c) } None }
+                _ = shutdown.cancelled() => break,
+            }
+        } else {
+            tokio::select! {
+                d = sub.recv() => Some(d),
+                c = control.recv() => { if let Some(c) = c { task.control(c) } None }
+                _ = tokio::time::sleep(delay) => { task.flush().await?; None }
+                _ = shutdown.cancelled() => break,
+            }
+        };
+        if let Some(delivery) = next {
+            let Some(delivery) = delivery else { break };
+            task.deliver(delivery).await?;
+            if task.pending.batch.revisions() >= inner.config.group_commit_max {
+                task.flush().await?;
+            }
+        }
+        if task.pending.is_empty() && !task.resyncs.is_empty() {
+            task.drain_resyncs().await?;
+        }
+    }
+    // Graceful stop: what was verified becomes durable with its cursor.
+    task.flush().await?;
+    shutdown.cancel();
+    let _ = sub_task.await;
+    tracing::info!(%host, cursor = ?task.pending.cursor, "stopped following host");
+    Ok(())
+}
+
+impl HostTask {
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Adopt(did) => {
+                self.resyncs
+                    .push_back((did, Source::Resync, format!("moved to {}", self.host)));
+            }
+        }
+    }
+
+    async fn deliver(&mut self, delivery: Delivery) -> Result<()> {
+        match delivery {
+            Delivery::Frame { frame, permit, .. } => {
+                let received = Instant::now();
+                self.frame(frame, received).await?;
+                drop(permit);
+            }
+            Delivery::Connected { cursor } => {
+                tracing::info!(host = %self.host, ?cursor, "connected")
+            }
+            Delivery::Disconnected { reason } => {
+                tracing::warn!(host = %self.host, %reason, "disconnected; reconnecting")
+            }
+            Delivery::Rejected { reason, detail, .. } => {
+                self.inner.metrics.rejected(&self.host, reason);
+                tracing::warn!(host = %self.host, reason, %detail, "frame rejected");
+            }
+            Delivery::Gap { after, next } => {
+                tracing::debug!(host = %self.host, after, next, "sequence gap")
+            }
+        }
+        Ok(())
+    }
+
+    async fn frame(&mut self, frame: Frame, received: Instant) -> Result<()> {
+        let seq = frame.seq;
+        self.inner.metrics.event(&self.host, frame.event.label());
+        match frame.event {
+            Event::Commit(ev) => self.commit(ev, received).await?,
+            Event::Sync(ev) => self.sync(ev).await?,
+            Event::Identity(ev) => self.identity(ev).await?,
+            Event::Account(ev) => self.account(ev).await?,
+            Event::Info(info) => {
+                tracing::warn!(host = %self.host, name = %info.name, message = ?info.message, "info from host")
+            }
+            Event::Error(err) => {
+                tracing::warn!(host = %self.host, error = %err.error, message = ?err.message, "error frame from host")
+            }
+            Event::Unknown { kind } => {
+                tracing::debug!(host = %self.host, %kind, "unknown event type")
+            }
+        }
+        if let Some(seq) = seq
+            && self.pending.cursor.is_none_or(|c| seq > c)
+        {
+            self.pending.cursor = Some(seq);
+            self.pending.cursor_dirty = true;
+            self.pending.first_at.get_or_insert_with(Instant::now);
+        }
+        Ok(())
+    }
+
+    fn tracks(&self, did: &str) -> bool {
+        self.inner.tracks(&self.host, &self.accounts, did)
+    }
+
+    fn state(&self, did: &str) -> Result<Option<RepoState>> {
+        if let Some(s) = self.pending.overlay.get(did) {
+            return Ok(Some(s.clone()));
+        }
+        Ok(self.inner.store.repo(did)?)
+    }
+
+    fn reject(&self, did: &str, r: &Rejection) {
+        self.inner.metrics.verify_failed(&self.host, r.reason);
+        match r.disposition {
+            Disposition::Ignore => {
+                tracing::debug!(host = %self.host, %did, reason = r.reason, detail = %r.detail, "event ignored")
+            }
+            _ => {
+                tracing::warn!(host = %self.host, %did, reason = r.reason, detail = %r.detail, "commit rejected")
+            }
+        }
+    }
+
+    /// Host authority: is this host the DID's PDS? Re-resolves once before
+    /// saying no. `Ok(None)` when the DID cannot be resolved.
+    async fn authority(&mut self, did: &str) -> Result<Option<(bool, Arc<Identity>)>> {
+        let resolver = &self.inner.resolver;
+        let id = match resolver.resolve(did).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(host = %self.host, %did, error = %e, "cannot resolve DID");
+                return Ok(None);
+            }
+        };
+        if id.pds.as_deref().map(normalize_host).as_deref() == Some(self.host.as_str()) {
+            return Ok(Some((true, id)));
+        }
+        let id = match resolver.refresh(did).await {
+            Ok(id) => id,
+            Err(_) => return Ok(Some((false, id))),
+        };
+        let here = id.pds.as_deref().map(normalize_host).as_deref() == Some(self.host.as_str());
+        Ok(Some((here, id)))
+    }
+
+    /// The DID document names another host: hand the repo over.
+    fn moved(&mut self, did: &str, id: &Identity, mut state: RepoState) {
+        let Some(pds) = id.pds.as_deref().map(normalize_host) else {
+            return;
+        };
+        if normalize_host(&state.host) != self.host {
+            return;
+        }
+        tracing::info!(%did, from = %self.host, to = %pds, "account moved; following it");
+        self.inner.metrics.moved(&self.host);
+        state.host = pds.clone();
+        self.pending.set_repo(did, state);
+        self.pending.moves.push((did.to_owned(), pds));
+    }
+
+    fn desync(&mut self, did: &str, mut state: RepoState, reason: &str, source: Source) {
+        state.sync = SyncState::Desynchronized;
+        state.sync_reason = Some(reason.to_owned());
+        self.pending.set_repo(did, state);
+        self.queue_resync(did, source, reason);
+    }
+
+    fn queue_resync(&mut self, did: &str, source: Source, reason: &str) {
+        if self.resyncs.iter().any(|(d, _, _)| d == did) {
+            return;
+        }
+        if let Some(t) = self.last_resync.get(did)
+            && t.elapsed() < self.inner.config.resync_retry
+        {
+            return;
+        }
+        self.resyncs
+            .push_back((did.to_owned(), source, reason.to_owned()));
+    }
+
+    async fn commit(&mut self, ev: CommitEvent, received: Instant) -> Result<()> {
+        let did = ev.repo.clone();
+        if !self.tracks(&did) {
+            return Ok(());
+        }
+        let state = self
+            .state(&did)?
+            .unwrap_or_else(|| RepoState::new(&self.host));
+        if normalize_host(&state.host) != self.host {
+            self.inner.metrics.verify_failed(&self.host, "wrong_host");
+            return Ok(());
+        }
+        let head = match (&state.rev, state.head, state.data) {
+            (Some(rev), Some(cid), Some(data)) => Some(Head {
+                rev: rev.clone(),
+                cid,
+                data,
+            }),
+            _ => None,
+        };
+        if state.sync == SyncState::Desynchronized && head.is_some() {
+            // Waiting for a resync; it will bring this commit's content.
+            self.inner
+                .metrics
+                .verify_failed(&self.host, "desynchronized");
+            let reason = state.sync_reason.clone().unwrap_or_default();
+            self.queue_resync(&did, Source::Resync, &reason);
+            return Ok(());
+        }
+        let Some((here, id)) = self.authority(&did).await? else {
+            self.desync(&did, state, "identity_unavailable", Source::Resync);
+            return Ok(());
+        };
+        if !here {
+            self.inner.metrics.verify_failed(&self.host, "wrong_host");
+            self.moved(&did, &id, state);
+            return Ok(());
+        }
+        let input = CommitInput {
+            repo: did.clone(),
+            rev: ev.rev.clone(),
+            since: ev.since.clone(),
+            commit: ev.commit,
+            blocks: ev.blocks.clone(),
+            ops: ev
+                .ops
+                .iter()
+                .map(|op| Op {
+                    action: match op.action {
+                        barn_firehose::OpAction::Create => OpAction::Create,
+                        barn_firehose::OpAction::Update => OpAction::Update,
+                        barn_firehose::OpAction::Delete => OpAction::Delete,
+                    },
+                    path: op.path.clone(),
+                    cid: op.cid,
+                    prev: op.prev,
+                })
+                .collect(),
+            prev_data: ev.prev_data,
+            too_big: ev.too_big,
+        };
+        let now = now_ms().saturating_mul(1000);
+        let mut result = verify_commit(&input, &id.signing_key, head.as_ref(), now);
+        if let Err(r) = &result
+            && r.disposition == Disposition::RetryWithFreshKey
+        {
+            self.reject(&did, r);
+            match self.inner.resolver.refresh(&did).await {
+                Ok(fresh) => result = verify_commit(&input, &fresh.signing_key, head.as_ref(), now),
+                Err(e) => tracing::warn!(%did, error = %e, "key refresh failed"),
+            }
+        }
+        let verified = match result {
+            Ok(v) => v,
+            Err(r) => {
+                self.reject(&did, &r);
+                if r.disposition != Disposition::Ignore {
+                    self.desync(&did, state, r.reason, Source::Resync);
+                }
+                return Ok(());
+            }
+        };
+
+        // Apply into the pending batch.
+        for (cid, data) in verified.blocks.iter() {
+            self.pending.batch.put_block(*cid, data.clone());
+        }
+        for op in &input.ops {
+            self.pending.batch.set_record(&did, &op.path, op.cid);
+        }
+        self.pending.batch.put_revision(
+            &did,
+            CommitEntry {
+                rev: input.rev.clone(),
+                cid: input.commit,
+                data: verified.commit.data,
+                since: input.since.clone(),
+                seen_at_ms: now_ms(),
+                source: Source::Firehose,
+                seq: Some(ev.seq),
+                host: self.host.clone(),
+                ops: input.ops,
+                reason: None,
+            },
+        );
+        let mut state = state;
+        state.head = Some(input.commit);
+        state.rev = Some(input.rev);
+        state.data = Some(verified.commit.data);
+        state.sync = SyncState::Synchronized;
+        state.sync_reason = None;
+        state.revisions += 1;
+        self.pending.set_repo(&did, state);
+        self.pending.received.push(received);
+        self.inner.metrics.applied(&self.host);
+        Ok(())
+    }
+
+    async fn sync(&mut self, ev: SyncEvent) -> Result<()> {
+        let did = ev.did.clone();
+        if !self.tracks(&did) {
+            return Ok(());
+        }
+        let state = self
+            .state(&did)?
+            .unwrap_or_else(|| RepoState::new(&self.host));
+        if normalize_host(&state.host) != self.host {
+            return Ok(());
+        }
+        if state.rev.as_deref().is_some_and(|r| ev.rev.as_str() <= r) {
+            self.inner
+                .metrics
+                .verify_failed(&self.host, "sync_not_newer");
+            return Ok(());
+        }
+        let Some((here, id)) = self.authority(&did).await? else {
+            self.desync(&did, state, "identity_unavailable", Source::Sync);
+            return Ok(());
+        };
+        if !here {
+            self.moved(&did, &id, state);
+            return Ok(());
+        }
+        // The event carries the signed commit; check it before acting on it.
+        let (commit_cid, commit, blocks) = match check_sync_commit(&ev, &id) {
+            Ok(c) => c,
+            Err(reason) => {
+                self.inner.metrics.verify_failed(&self.host, reason);
+                tracing::warn!(host = %self.host, %did, reason, "#sync rejected");
+                return Ok(());
+            }
+        };
+        if commit.data != crate::verify::empty_root() {
+            self.desync(&did, state, "sync event", Source::Sync);
+            return Ok(());
+        }
+        // An empty repo (a new account announces its genesis this way): the
+        // commit is the whole state, nothing to fetch.
+        let mut state = state;
+        let current = self.inner.store.records(&did)?;
+        let mut ops = Vec::new();
+        for (path, cid) in current {
+            self.pending.batch.set_record(&did, &path, None);
+            ops.push(Op {
+                action: OpAction::Delete,
+                path,
+                cid: None,
+                prev: Some(cid),
+            });
+        }
+        for (cid, data) in blocks.iter() {
+            self.pending.batch.put_block(*cid, data.clone());
+        }
+        self.pending
+            .batch
+            .put_block(commit.data, Bytes::from(crate::verify::empty_node_bytes()));
+        self.pending.batch.put_revision(
+            &did,
+            CommitEntry {
+                rev: commit.rev.clone(),
+                cid: commit_cid,
+                data: commit.data,
+                since: state.rev.clone(),
+                seen_at_ms: now_ms(),
+                source: Source::Sync,
+                seq: Some(ev.seq),
+                host: self.host.clone(),
+                ops,
+                reason: Some("sync event (empty repo)".into()),
+            },
+        );
+        state.head = Some(commit_cid);
+        state.rev = Some(commit.rev.clone());
+        state.data = Some(commit.data);
+        state.sync = SyncState::Synchronized;
+        state.sync_reason = None;
+        state.revisions += 1;
+        self.pending.set_repo(&did, state);
+        self.inner.metrics.applied(&self.host);
+        Ok(())
+    }
+
+    async fn identity(&mut self, ev: IdentityEvent) -> Result<()> {
+        let did = ev.did.clone();
+        if !self.tracks(&did) {
+            return Ok(());
+        }
+        let _ = self.inner.resolver.refresh(&did).await;
+        let Some(state) = self.state(&did)? else {
+            return Ok(());
+        };
+        if normalize_host(&state.host) != self.host {
+            return Ok(());
+        }
+        match self.authority(&did).await? {
+            Some((false, id)) => self.moved(&did, &id, state),
+            Some((true, id)) => {
+                let mut state = state;
+                state.handle = ev.handle.clone().or_else(|| id.handle.clone());
+                self.pending.set_repo(&did, state);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn account(&mut self, ev: AccountEvent) -> Result<()> {
+        let did = ev.did.clone();
+        if !self.tracks(&did) {
+            return Ok(());
+        }
+        let state = self
+            .state(&did)?
+            .unwrap_or_else(|| RepoState::new(&self.host));
+        if normalize_host(&state.host) != self.host {
+            return Ok(());
+        }
+        // An account going inactive may be migrating away: look again.
+        if !ev.active {
+            let _ = self.inner.resolver.refresh(&did).await;
+        }
+        // A deleted account may no longer resolve; this host was its host
+        // as far as barn knows, so its word stands then.
+        if let Some((false, id)) = self.authority(&did).await? {
+            self.moved(&did, &id, state);
+            return Ok(());
+        }
+        let mut state = state;
+        state.active = ev.active;
+        state.status = if ev.active { None } else { ev.status.clone() };
+        self.pending.set_repo(&did, state);
+        Ok(())
+    }
+
+    /// Makes the pending batch durable, with the cursor.
+    async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let cursor = self.pending.cursor;
+        let mut pending = std::mem::replace(&mut self.pending, Pending::new(cursor));
+        pending.batch.set_host(
+            &self.host,
+            HostState {
+                cursor: pending.cursor,
+                last_event_ms: now_ms(),
+            },
+        );
+        let revisions = pending.batch.revisions();
+        let store = self.inner.store.clone();
+        let batch = pending.batch;
+        let t = Instant::now();
+        tokio::task::spawn_blocking(move || store.write(batch))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        let durable = Instant::now();
+        self.inner.metrics.group_commit(revisions, durable - t);
+        for r in pending.received {
+            self.inner.metrics.latency(durable - r);
+        }
+        for (did, host) in pending.moves {
+            self.inner.follow(&host, &did, true);
+        }
+        Ok(())
+    }
+
+    async fn drain_resyncs(&mut self) -> Result<()> {
+        while let Some((did, source, reason)) = self.resyncs.pop_front() {
+            self.last_resync.insert(did.clone(), Instant::now());
+            match resync(&self.inner, &self.host, &did, source, &reason).await {
+                Ok(outcome) => {
+                    self.inner.metrics.resync(&self.host, outcome);
+                    tracing::info!(host = %self.host, %did, %reason, outcome, "resync");
+                }
+                Err(Error::Store(e)) => return Err(Error::Store(e)),
+                Err(e) => {
+                    self.inner.metrics.resync(&self.host, e.reason());
+                    tracing::warn!(host = %self.host, %did, %reason, error = %e, "resync failed; will retry");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+type SyncCommit = (cid::Cid, Commit, barn_repo::BlockMap);
+
+fn check_sync_commit(
+    ev: &SyncEvent,
+    id: &Identity,
+) -> std::result::Result<SyncCommit, &'static str> {
+    let car = read_car(ev.blocks.clone(), &CarLimits::default()).map_err(|e| e.reason())?;
+    let root = *car.root().ok_or("bad_car")?;
+    let bytes = car.blocks.get(&root).ok_or("missing_block")?;
+    let commit = Commit::decode(bytes).map_err(|_| "bad_commit")?;
+    if commit.did != ev.did || commit.rev != ev.rev {
+        return Err("wrong_did");
+    }
+    commit
+        .verify_signature(&id.signing_key)
+        .map_err(|_| "bad_signature")?;
+    Ok((root, commit, car.blocks))
+}
+
+/// Fetches the repo from its PDS, verifies it whole, and stores it as a new
+/// revision with the record changes since barn's head. Returns a short
+/// outcome label.
+async fn resync(
+    inner: &Arc<Inner>,
+    host: &str,
+    did: &str,
+    source: Source,
+    reason: &str,
+) -> Result<&'static str> {
+    let id = inner.resolver.refresh(did).await?;
+    let pds = id.pds.clone().ok_or_else(|| Error::Fetch {
+        url: did.to_owned(),
+        message: "DID document names no PDS".into(),
+        xrpc_error: None,
+    })?;
+    let mut state = inner
+        .store
+        .repo(did)?
+        .unwrap_or_else(|| RepoState::new(host));
+    if normalize_host(&pds) != normalize_host(&state.host) {
+        // Not ours to fetch from here: the new host's task adopts it.
+        state.host = normalize_host(&pds);
+        let mut batch = Batch::new();
+        batch.set_repo(did, state);
+        let store = inner.store.clone();
+        tokio::task::spawn_blocking(move || store.write(batch))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        inner.follow(&pds, did, true);
+        return Ok("moved");
+    }
+    let url = format!(
+        "{}/xrpc/com.atproto.sync.getRepo",
+        pds.trim_end_matches('/')
+    );
+    let car = match fetch(inner, &url, did).await {
+        Ok(car) => car,
+        Err(Error::Fetch {
+            xrpc_error: Some(name),
+            ..
+        }) if matches!(
+            name.as_str(),
+            "RepoNotFound" | "RepoDeactivated" | "RepoTakendown" | "RepoSuspended"
+        ) =>
+        {
+            // Nothing to fetch; keep what is stored, record the status.
+            state.active = false;
+            state.status = Some(
+                match name.as_str() {
+                    "RepoNotFound" => "deleted",
+                    "RepoDeactivated" => "deactivated",
+                    "RepoTakendown" => "takendown",
+                    _ => "suspended",
+                }
+                .to_owned(),
+            );
+            state.sync = SyncState::Synchronized;
+            state.sync_reason = Some(name);
+            let mut batch = Batch::new();
+            batch.set_repo(did, state);
+            let store = inner.store.clone();
+            tokio::task::spawn_blocking(move || store.write(batch))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+            return Ok("inactive");
+        }
+        Err(e) => return Err(e),
+    };
+    let store = inner.store.clone();
+    let did_owned = did.to_owned();
+    let host = normalize_host(host);
+    let reason = reason.to_owned();
+    tokio::task::spawn_blocking(move || {
+        import(&store, &did_owned, &host, &id, car, source, &reason, state)
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))?
+}
+
+async fn fetch(inner: &Arc<Inner>, url: &str, did: &str) -> Result<Bytes> {
+    let fetch_err = |message: String, xrpc_error: Option<String>| Error::Fetch {
+        url: url.to_owned(),
+        message,
+        xrpc_error,
+    };
+    let resp = inner
+        .http
+        .get(url)
+        .query(&[("did", did)])
+        .send()
+        .await
+        .map_err(|e| fetch_err(e.to_string(), None))?;
+    let status = resp.status();
+    if let Some(len) = resp.content_length()
+        && len > inner.config.max_repo_bytes
+    {
+        return Err(fetch_err(
+            format!("repo of {len} bytes is over the limit"),
+            None,
+        ));
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| fetch_err(e.to_string(), None))?;
+    if !status.is_success() {
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let name = json["error"].as_str().map(str::to_owned);
+        return Err(fetch_err(
+            format!("{status}: {}", String::from_utf8_lossy(&body)),
+            name,
+        ));
+    }
+    Ok(body)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn import(
+    store: &Store,
+    did: &str,
+    host: &str,
+    id: &Identity,
+    car: Bytes,
+    source: Source,
+    reason: &str,
+    mut state: RepoState,
+) -> Result<&'static str> {
+    let repo_err = |e: barn_repo::Error| Error::Repo {
+        did: did.to_owned(),
+        source: Box::new(e),
+    };
+    let file = read_car(car, &CarLimits::default()).map_err(repo_err)?;
+    let root = *file
+        .root()
+        .ok_or_else(|| repo_err(barn_repo::Error::CarHeader("no root".into())))?;
+    let verified =
+        verify_repo(&file.blocks, &root, Some(did), Some(&id.signing_key)).map_err(repo_err)?;
+    let mut batch = Batch::new();
+    let outcome = if state.head == Some(root) {
+        "unchanged"
+    } else if state
+        .rev
+        .as_deref()
+        .is_some_and(|r| verified.commit.rev.as_str() <= r)
+    {
+        // The host serves an older revision than barn holds: keep barn's.
+        "older"
+    } else {
+        let current: HashMap<String, cid::Cid> = store.records(did)?.into_iter().collect();
+        let mut ops = Vec::new();
+        let new: HashMap<&str, cid::Cid> = verified
+            .records
+            .iter()
+            .map(|(p, c)| (p.as_str(), *c))
+            .collect();
+        for (path, cid) in &verified.records {
+            match current.get(path) {
+                None => ops.push(Op {
+                    action: OpAction::Create,
+                    path: path.clone(),
+                    cid: Some(*cid),
+                    prev: None,
+                }),
+                Some(old) if old != cid => ops.push(Op {
+                    action: OpAction::Update,
+                    path: path.clone(),
+                    cid: Some(*cid),
+                    prev: Some(*old),
+                }),
+                Some(_) => {}
+            }
+        }
+        for (path, old) in &current {
+            if !new.contains_key(path.as_str()) {
+                ops.push(Op {
+                    action: OpAction::Delete,
+                    path: path.clone(),
+                    cid: None,
+                    prev: Some(*old),
+                });
+            }
+        }
+        ops.sort_by(|a, b| a.path.cmp(&b.path));
+        for op in &ops {
+            batch.set_record(did, &op.path, op.cid);
+        }
+        for (cid, data) in file.blocks.iter() {
+            batch.put_block(*cid, data.clone());
+        }
+        batch.put_revision(
+            did,
+            CommitEntry {
+                rev: verified.commit.rev.clone(),
+                cid: root,
+                data: verified.commit.data,
+                since: state.rev.clone(),
+                seen_at_ms: now_ms(),
+                source,
+                seq: None,
+                host: host.to_owned(),
+                ops,
+                reason: Some(reason.to_owned()),
+            },
+        );
+        state.head = Some(root);
+        state.rev = Some(verified.commit.rev.clone());
+        state.data = Some(verified.commit.data);
+        state.revisions += 1;
+        "imported"
+    };
+    state.sync = SyncState::Synchronized;
+    state.sync_reason = None;
+    state.active = true;
+    state.status = None;
+    if state.handle.is_none() {
+        state.handle = id.handle.clone();
+    }
+    batch.set_repo(did, state);
+    store.write(batch)?;
+    Ok(outcome)
+}

@@ -1,0 +1,178 @@
+//! Configuration: raw (TOML file, `BARN_*` environment, flags), merged in
+//! that order of precedence (flags win), then validated into [`Config`].
+//! Errors name the key and the fix.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The config file as written: every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where the store lives (`./data/store` by default).
+    pub data_dir: Option<PathBuf>,
+    /// The PLC directory.
+    pub plc_url: Option<String>,
+    /// Hosts tracked whole.
+    pub hosts: Option<Vec<String>>,
+    /// Accept `http://localhost` did:web documents (tests only).
+    pub allow_http_localhost: Option<bool>,
+    /// Mirror tuning.
+    pub mirror: Option<RawMirror>,
+}
+
+/// `[mirror]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    /// Largest group commit, in revisions.
+    pub group_commit_max: Option<usize>,
+    /// Flush a group commit after this many ms without a new frame.
+    pub group_commit_delay_ms: Option<u64>,
+    /// Largest websocket frame in bytes.
+    pub max_frame_bytes: Option<usize>,
+    /// Reconnect a socket silent for this many seconds.
+    pub watchdog_secs: Option<u64>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// PLC directory URL.
+    pub plc_url: String,
+    /// Hosts tracked whole, normalized.
+    pub hosts: Vec<String>,
+    /// Tests only.
+    pub allow_http_localhost: bool,
+    /// Mirror settings.
+    pub mirror: barn_mirror::MirrorConfig,
+}
+
+impl RawConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> anyhow::Result<RawConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Overlays `other`'s set fields on `self`.
+    pub fn merge(mut self, other: RawConfig) -> RawConfig {
+        self.data_dir = other.data_dir.or(self.data_dir);
+        self.plc_url = other.plc_url.or(self.plc_url);
+        self.hosts = other.hosts.or(self.hosts);
+        self.allow_http_localhost = other.allow_http_localhost.or(self.allow_http_localhost);
+        self.mirror = match (self.mirror, other.mirror) {
+            (Some(a), Some(b)) => Some(RawMirror {
+                group_commit_max: b.group_commit_max.or(a.group_commit_max),
+                group_commit_delay_ms: b.group_commit_delay_ms.or(a.group_commit_delay_ms),
+                max_frame_bytes: b.max_frame_bytes.or(a.max_frame_bytes),
+                watchdog_secs: b.watchdog_secs.or(a.watchdog_secs),
+            }),
+            (a, b) => b.or(a),
+        };
+        self
+    }
+
+    /// Checks every value and fills defaults.
+    pub fn validate(self) -> anyhow::Result<Config> {
+        let plc_url = self
+            .plc_url
+            .unwrap_or_else(|| "https://plc.directory".into());
+        check_url("plc_url", &plc_url)?;
+        let mut hosts = Vec::new();
+        for h in self.hosts.unwrap_or_default() {
+            check_url("hosts", &h)?;
+            hosts.push(barn_mirror::normalize_host(&h));
+        }
+        let mut mirror = barn_mirror::MirrorConfig::default();
+        if let Some(m) = self.mirror {
+            if let Some(n) = m.group_commit_max {
+                if n == 0 {
+                    bail!("mirror.group_commit_max must be at least 1 (try 1000)");
+                }
+                mirror.group_commit_max = n;
+            }
+            if let Some(ms) = m.group_commit_delay_ms {
+                if ms > 1000 {
+                    bail!(
+                        "mirror.group_commit_delay_ms = {ms} would delay durability past a second; use at most 1000 (default 5)"
+                    );
+                }
+                mirror.group_commit_delay = Duration::from_millis(ms);
+            }
+            if let Some(b) = m.max_frame_bytes {
+                if b < 1024 {
+                    bail!(
+                        "mirror.max_frame_bytes = {b} is too small for any commit; the default is 5242880"
+                    );
+                }
+                mirror.max_frame_bytes = b;
+            }
+            if let Some(s) = m.watchdog_secs {
+                if s == 0 {
+                    bail!("mirror.watchdog_secs must be at least 1 (default 60)");
+                }
+                mirror.watchdog = Duration::from_secs(s);
+            }
+        }
+        Ok(Config {
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            plc_url: plc_url.trim_end_matches('/').to_owned(),
+            hosts,
+            allow_http_localhost: self.allow_http_localhost.unwrap_or(false),
+            mirror,
+        })
+    }
+}
+
+fn check_url(key: &str, url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.contains(' ') => Ok(()),
+        _ => bail!("{key}: {url:?} is not an http(s) URL; write it like https://pds.example.com"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_errors_name_the_key() {
+        let file: RawConfig = toml::from_str(
+            "hosts = [\"https://A.example/\"]\nplc_url = \"https://plc.example\"\n[mirror]\ngroup_commit_max = 10\n",
+        )
+        .unwrap();
+        let flags = RawConfig {
+            plc_url: Some("http://localhost:1".into()),
+            ..RawConfig::default()
+        };
+        let c = file.merge(flags).validate().unwrap();
+        assert_eq!(c.plc_url, "http://localhost:1");
+        assert_eq!(c.hosts, vec!["https://a.example".to_owned()]);
+        assert_eq!(c.mirror.group_commit_max, 10);
+
+        let bad = RawConfig {
+            hosts: Some(vec!["pds.example".into()]),
+            ..RawConfig::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("hosts:") && err.contains("https://"),
+            "{err}"
+        );
+        let err = toml::from_str::<RawConfig>("hostz = []")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hostz"), "{err}");
+    }
+}
