@@ -147,6 +147,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_is_valid() {
+        let raw: RawConfig =
+            toml::from_str(include_str!("../../../deploy/barn.example.toml")).unwrap();
+        let c = raw.validate().unwrap();
+        assert_eq!(c.plc_url, "https://plc.directory");
+        assert_eq!(c.mirror.group_commit_max, 1000);
+        assert_eq!(c.mirror.max_frame_bytes, 5 << 20);
+    }
+
+    #[test]
     fn flags_win_over_file_and_errors_name_the_key() {
         let file: RawConfig = toml::from_str(
             "hosts = [\"https://A.example/\"]\nplc_url = \"https://plc.example\"\n[mirror]\ngroup_commit_max = 10\n",
