@@ -147,6 +147,31 @@ pub fn check_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Whether `prefix ++ suffix` passes [`check_key`], where `prefix` (of
+/// `key_len - suffix.len()` bytes, holding `prefix_slashes` slashes) is a
+/// prefix of a key that passed it. Node decoding uses this to check only
+/// the new bytes of each prefix-compressed key; it only ever says yes when
+/// [`check_key`] would, and callers run [`check_key`] for the error.
+pub(crate) fn key_tail_ok(prefix_slashes: usize, key_len: usize, suffix: &[u8]) -> bool {
+    let (Some(&first), Some(&last)) = (suffix.first(), suffix.last()) else {
+        return false;
+    };
+    // With no prefix the suffix's first byte is the key's; otherwise the
+    // key starts like the earlier key, which did not start with '/'.
+    if key_len > MAX_KEY_LEN || last == b'/' || (key_len == suffix.len() && first == b'/') {
+        return false;
+    }
+    let mut slashes = prefix_slashes;
+    for &c in suffix {
+        match KEY_CHARS[usize::from(c)] {
+            CharClass::Ok => {}
+            CharClass::Slash => slashes += 1,
+            CharClass::Bad => return false,
+        }
+    }
+    slashes == 1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

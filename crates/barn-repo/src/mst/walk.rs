@@ -4,7 +4,7 @@
 use cid::Cid;
 
 use super::MstLimits;
-use super::node::{NodeData, check_node, load_node, root_layer};
+use super::node::{RawNode, check_node, load_raw, root_layer};
 use crate::blocks::BlockSource;
 use crate::{Error, Result};
 
@@ -12,18 +12,19 @@ use crate::{Error, Result};
 pub fn get(source: &impl BlockSource, root: &Cid, key: &str) -> Result<Option<Cid>> {
     let key = key.as_bytes();
     let mut cid = *root;
+    let mut node = RawNode::default();
     for _ in 0..=MstLimits::default().max_layer {
-        let node = load_node(source, &cid)?;
-        let i = match node.entries.binary_search_by(|e| e.key.as_slice().cmp(key)) {
-            Ok(i) => return Ok(Some(node.entries[i].value)),
+        load_raw(source, &cid, &mut node)?;
+        let i = match node.search(key) {
+            Ok(i) => return Ok(node.value(i).copied()),
             Err(i) => i,
         };
         let slot = match i.checked_sub(1) {
-            Some(j) => node.entries[j].right,
-            None => node.left,
+            Some(j) => node.right(j),
+            None => node.left.as_ref(),
         };
         match slot {
-            Some(next) => cid = next,
+            Some(next) => cid = *next,
             None => return Ok(None),
         }
     }
@@ -61,7 +62,7 @@ pub enum WalkItem<'a> {
 }
 
 struct Frame {
-    node: NodeData,
+    node: RawNode,
     layer: u32,
     /// 0 is the left slot, `2k+1` entry `k`, `2k+2` the slot right of it.
     pos: usize,
@@ -71,18 +72,18 @@ impl Frame {
     fn item(&self) -> Option<WalkItem<'_>> {
         let below = self.layer.wrapping_sub(1);
         if self.pos % 2 == 1 {
-            let e = self.node.entries.get(self.pos / 2)?;
-            return Some(WalkItem::Leaf(&e.key, &e.value));
+            let i = self.pos / 2;
+            return Some(WalkItem::Leaf(self.node.key(i), self.node.value(i)?));
         }
         let slot = match (self.pos / 2).checked_sub(1) {
             None => self.node.left.as_ref(),
-            Some(j) => self.node.entries.get(j)?.right.as_ref(),
+            Some(j) => self.node.right(j),
         };
         slot.map(|c| WalkItem::Tree(c, below))
     }
 
     fn done(&self) -> bool {
-        self.pos > 2 * self.node.entries.len()
+        self.pos > 2 * self.node.len()
     }
 }
 
@@ -96,6 +97,9 @@ pub struct MstWalker<S> {
     /// The last leaf returned by `next_leaf`: leaves must come out strictly
     /// ascending across nodes, not only within one.
     last_leaf: Option<Vec<u8>>,
+    /// Nodes of finished frames, kept so that loading the next node reuses
+    /// their buffers instead of allocating.
+    spare: Vec<RawNode>,
 }
 
 impl<S: BlockSource> MstWalker<S> {
@@ -114,7 +118,8 @@ impl<S: BlockSource> MstWalker<S> {
     }
 
     fn open(source: S, root: &Cid, check_heights: bool) -> Result<Self> {
-        let node = load_node(&source, root)?;
+        let mut node = RawNode::default();
+        load_raw(&source, root, &mut node)?;
         let layer = root_layer(root, &node)?;
         let mut w = MstWalker {
             source,
@@ -122,6 +127,7 @@ impl<S: BlockSource> MstWalker<S> {
             limits: MstLimits::default(),
             check_heights,
             last_leaf: None,
+            spare: Vec::new(),
         };
         w.check(root, &node, layer)?;
         w.stack.push(Frame {
@@ -133,7 +139,7 @@ impl<S: BlockSource> MstWalker<S> {
         Ok(w)
     }
 
-    fn check(&self, cid: &Cid, node: &NodeData, layer: u32) -> Result<()> {
+    fn check(&self, cid: &Cid, node: &RawNode, layer: u32) -> Result<()> {
         let is_root = self.stack.is_empty();
         check_node(cid, node, layer, &self.limits, is_root, self.check_heights)
     }
@@ -142,7 +148,9 @@ impl<S: BlockSource> MstWalker<S> {
     fn normalize(&mut self) {
         while let Some(top) = self.stack.last_mut() {
             if top.done() {
-                self.stack.pop();
+                if let Some(frame) = self.stack.pop() {
+                    self.spare.push(frame.node);
+                }
                 if let Some(parent) = self.stack.last_mut() {
                     parent.pos += 1;
                 }
@@ -175,7 +183,8 @@ impl<S: BlockSource> MstWalker<S> {
             return Ok(());
         };
         let cid = *cid;
-        let node = load_node(&self.source, &cid)?;
+        let mut node = self.spare.pop().unwrap_or_default();
+        load_raw(&self.source, &cid, &mut node)?;
         self.check(&cid, &node, layer)?;
         // The parent's position stays on the slot; `normalize` bumps it
         // when this frame is popped.
@@ -217,7 +226,9 @@ impl<S: BlockSource> MstWalker<S> {
             let Some(top) = self.stack.last_mut() else {
                 return Ok(());
             };
-            let i = top.node.entries.partition_point(|e| e.key.as_slice() < key);
+            let i = match top.node.search(key) {
+                Ok(i) | Err(i) => i,
+            };
             top.pos = 2 * i;
             match top.item() {
                 Some(WalkItem::Tree(..)) => self.step_into()?,
