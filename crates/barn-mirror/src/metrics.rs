@@ -179,11 +179,23 @@ impl Metrics {
                     .map(|l| l.value().to_owned())
                     .unwrap_or_default();
                 if !soft.contains(&reason.as_str()) {
-                    total += m.get_counter().value() as u64;
+                    total += m.get_counter().get_value() as u64;
                 }
             }
         }
         total
+    }
+
+    /// Frames rejected before they became events (undecodable, oversized),
+    /// for `reason` ([`barn_firehose::Error::reason`], `oversized`,
+    /// `text_message`), summed over hosts.
+    pub fn rejected_frames(&self, reason: &str) -> u64 {
+        sum_label(&self.rejected_frames, "reason", Some(reason))
+    }
+
+    /// Host tasks that stopped on an error, summed over hosts and reasons.
+    pub fn host_task_failures(&self) -> u64 {
+        sum_label(&self.host_failures, "host", None)
     }
 
     /// Commits applied, summed over hosts.
@@ -212,7 +224,7 @@ fn sum_label(v: &IntCounterVec, label: &str, value: Option<&str>) -> u64 {
                     .any(|l| l.name() == label && l.value() == want)
             });
             if ok {
-                total += m.get_counter().value() as u64;
+                total += m.get_counter().get_value() as u64;
             }
         }
     }
