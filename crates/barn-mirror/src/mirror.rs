@@ -23,6 +23,13 @@
 //!   repo over (and resync it from there).
 //! - Events replayed after a reconnect or restart carry revs barn already
 //!   holds; they are dropped as duplicates, never applied twice.
+//! - A resync asked for too soon after the repo's last one, or one that
+//!   failed, is deferred, not dropped: it runs when `resync_retry` has
+//!   passed even if no further event names the repo.
+//! - Events about a DID barn holds nothing of, whose document names another
+//!   host, are ignored (`wrong_host`): a host cannot make barn store or
+//!   follow accounts that are not on it. Only a repo barn already holds is
+//!   followed to its new host.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -310,6 +317,10 @@ struct HostTask {
     pending: Pending,
     resyncs: VecDeque<(String, Source, String)>,
     last_resync: HashMap<String, Instant>,
+    /// Resyncs put off: asked for within `resync_retry` of the repo's
+    /// last one, or failed. Each runs when its time comes, whether or not
+    /// another event for the repo arrives.
+    deferred: HashMap<String, (Source, String, Instant)>,
 }
 
 async fn run_host(
@@ -341,6 +352,7 @@ async fn run_host(
         pending: Pending::new(stored.and_then(|h| h.cursor)),
         resyncs: VecDeque::new(),
         last_resync: HashMap::new(),
+        deferred: HashMap::new(),
     };
     // Repos left desynchronized (by a failed check, or a crash before
     // their resync) are resynced first.
@@ -354,10 +366,18 @@ async fn run_host(
 
     let delay = inner.config.group_commit_delay;
     loop {
+        let retry_at = task.next_retry();
+        let retry = async move {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         let next = if task.pending.is_empty() {
             tokio::select! {
                 d = sub.recv() => Some(d),
                 c = control.recv() => { if let Some(c) = c { task.control(c) } None }
+                _ = retry => { task.promote_due(); None }
                 _ = shutdown.cancelled() => break,
             }
         } else {
@@ -365,6 +385,7 @@ async fn run_host(
                 d = sub.recv() => Some(d),
                 c = control.recv() => { if let Some(c) = c { task.control(c) } None }
                 _ = tokio::time::sleep(delay) => { task.flush().await?; None }
+                _ = retry => { task.promote_due(); None }
                 _ = shutdown.cancelled() => break,
             }
         };
@@ -494,6 +515,18 @@ impl HostTask {
         Ok(Some((here, id)))
     }
 
+    /// An event about a DID whose document names another host: a repo barn
+    /// holds is handed over (it moved); any other DID is not this host's
+    /// to announce, so nothing is stored or followed for it.
+    fn not_here(&mut self, did: &str, id: &Identity, state: RepoState, known: bool) {
+        if known {
+            self.moved(did, id, state);
+        } else {
+            self.inner.metrics.verify_failed(&self.host, "wrong_host");
+            tracing::warn!(host = %self.host, %did, pds = ?id.pds, "event for a DID hosted elsewhere ignored");
+        }
+    }
+
     /// The DID document names another host: hand the repo over.
     fn moved(&mut self, did: &str, id: &Identity, mut state: RepoState) {
         let Some(pds) = id.pds.as_deref().map(normalize_host) else {
@@ -523,10 +556,40 @@ impl HostTask {
         if let Some(t) = self.last_resync.get(did)
             && t.elapsed() < self.inner.config.resync_retry
         {
+            // Too soon after the last one; but never dropped, or a repo
+            // desynchronized now would wait for an event that may not come.
+            let at = *t + self.inner.config.resync_retry;
+            self.deferred
+                .entry(did.to_owned())
+                .or_insert_with(|| (source, reason.to_owned(), at));
             return;
         }
+        self.deferred.remove(did);
         self.resyncs
             .push_back((did.to_owned(), source, reason.to_owned()));
+    }
+
+    /// When the earliest deferred resync is due.
+    fn next_retry(&self) -> Option<Instant> {
+        self.deferred.values().map(|(_, _, at)| *at).min()
+    }
+
+    /// Queues the deferred resyncs whose time has come.
+    fn promote_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .deferred
+            .iter()
+            .filter(|(_, (_, _, at))| *at <= now)
+            .map(|(did, _)| did.clone())
+            .collect();
+        for did in due {
+            if let Some((source, reason, _)) = self.deferred.remove(&did)
+                && !self.resyncs.iter().any(|(d, _, _)| *d == did)
+            {
+                self.resyncs.push_back((did, source, reason));
+            }
+        }
     }
 
     async fn commit(&mut self, ev: CommitEvent, received: Instant) -> Result<()> {
@@ -534,9 +597,9 @@ impl HostTask {
         if !self.tracks(&did) {
             return Ok(());
         }
-        let state = self
-            .state(&did)?
-            .unwrap_or_else(|| RepoState::new(&self.host));
+        let stored = self.state(&did)?;
+        let known = stored.is_some();
+        let state = stored.unwrap_or_else(|| RepoState::new(&self.host));
         if normalize_host(&state.host) != self.host {
             self.inner.metrics.verify_failed(&self.host, "wrong_host");
             return Ok(());
@@ -564,7 +627,9 @@ impl HostTask {
         };
         if !here {
             self.inner.metrics.verify_failed(&self.host, "wrong_host");
-            self.moved(&did, &id, state);
+            if known {
+                self.moved(&did, &id, state);
+            }
             return Ok(());
         }
         let input = CommitInput {
@@ -652,9 +717,9 @@ impl HostTask {
         if !self.tracks(&did) {
             return Ok(());
         }
-        let state = self
-            .state(&did)?
-            .unwrap_or_else(|| RepoState::new(&self.host));
+        let stored = self.state(&did)?;
+        let known = stored.is_some();
+        let state = stored.unwrap_or_else(|| RepoState::new(&self.host));
         if normalize_host(&state.host) != self.host {
             return Ok(());
         }
@@ -669,7 +734,7 @@ impl HostTask {
             return Ok(());
         };
         if !here {
-            self.moved(&did, &id, state);
+            self.not_here(&did, &id, state, known);
             return Ok(());
         }
         // The event carries the signed commit; check it before acting on it.
@@ -760,9 +825,9 @@ impl HostTask {
         if !self.tracks(&did) {
             return Ok(());
         }
-        let state = self
-            .state(&did)?
-            .unwrap_or_else(|| RepoState::new(&self.host));
+        let stored = self.state(&did)?;
+        let known = stored.is_some();
+        let state = stored.unwrap_or_else(|| RepoState::new(&self.host));
         if normalize_host(&state.host) != self.host {
             return Ok(());
         }
@@ -773,7 +838,7 @@ impl HostTask {
         // A deleted account may no longer resolve; this host was its host
         // as far as barn knows, so its word stands then.
         if let Some((false, id)) = self.authority(&did).await? {
-            self.moved(&did, &id, state);
+            self.not_here(&did, &id, state, known);
             return Ok(());
         }
         let mut state = state;
@@ -818,6 +883,7 @@ impl HostTask {
     async fn drain_resyncs(&mut self) -> Result<()> {
         while let Some((did, source, reason)) = self.resyncs.pop_front() {
             self.last_resync.insert(did.clone(), Instant::now());
+            self.deferred.remove(&did);
             match resync(&self.inner, &self.host, &did, source, &reason).await {
                 Ok(outcome) => {
                     self.inner.metrics.resync(&self.host, outcome);
@@ -827,6 +893,10 @@ impl HostTask {
                 Err(e) => {
                     self.inner.metrics.resync(&self.host, e.reason());
                     tracing::warn!(host = %self.host, %did, %reason, error = %e, "resync failed; will retry");
+                    // The repo stays desynchronized in the store; try again
+                    // after `resync_retry` even if no event names it.
+                    let at = Instant::now() + self.inner.config.resync_retry;
+                    self.deferred.insert(did, (source, reason, at));
                 }
             }
         }

@@ -14,12 +14,16 @@
 //! - [`compare_with_pds`] checks barn's CAR of a DID against the PDS's
 //!   `getRepo`: same commit and rev, same records, every block hash, the
 //!   signature against the DID document.
+//! - [`FakePds`] serves crafted `subscribeRepos` frames, `getRepo` CARs
+//!   and DID documents from 127.0.0.1, and [`FakeAccount`] drafts valid
+//!   commits to break one thing at a time (hostile-input tests).
 //!
 //! Nothing here is used by barn itself; it is a dev-dependency only.
 
 mod error;
 
 pub mod compare;
+pub mod fake_pds;
 pub mod network;
 pub mod process;
 pub mod workload;
@@ -27,6 +31,7 @@ pub mod xrpc;
 
 pub use compare::{Comparison, Identity, compare_cars, compare_with_pds};
 pub use error::{Error, Result};
+pub use fake_pds::{AccountHead, DraftCommit, DraftOptions, FakeAccount, FakePds, did_doc};
 pub use network::{Network, Pds, Plc};
 pub use workload::{AccountSummary, Summary, WorkloadOptions};
 pub use xrpc::{Client, XrpcError};

@@ -1,0 +1,787 @@
+//! A fake PDS on 127.0.0.1 that serves whatever the test tells it to, so a
+//! consumer can be fed hostile input that no real PDS would produce.
+//!
+//! [`FakePds`] answers three kinds of request on one port:
+//! - `GET /xrpc/com.atproto.sync.subscribeRepos[?cursor=N]` (websocket):
+//!   the frames queued with [`FakePds::push`], as raw bytes (so malformed
+//!   ones are possible), each kept with the seq the test gave it. With a
+//!   cursor only frames with a greater seq are sent; without one, only
+//!   frames pushed after the connection opened. The socket stays open and
+//!   frames pushed later are sent live.
+//! - `GET /xrpc/com.atproto.sync.getRepo?did=…`: the CAR set with
+//!   [`FakePds::set_repo`], or the XRPC error `RepoNotFound`.
+//! - `GET /<did>`: a PLC directory. The DID document set with
+//!   [`FakePds::set_did_doc`] (see [`did_doc`]), so the fake's URL can be a
+//!   resolver's `plc_url`.
+//!
+//! [`FakeAccount`] is the other half: a signing key and a repo built with
+//! barn-repo, from which it drafts *valid* `#commit` events (new MST
+//! nodes, record blocks and the signed commit as the CAR slice; ops,
+//! `since`, `prevData`). A hostile case is then "a valid draft with one
+//! thing broken" ([`DraftCommit::drop_block`],
+//! [`DraftCommit::corrupt_block`], or any field of
+//! [`DraftCommit::event`]); [`FakeAccount::apply`] advances the account
+//! only for the drafts the test means to be legitimate.
+//!
+//! # Tricky bits
+//! - The fake speaks just enough HTTP/1.1 itself (one request per
+//!   connection, `Connection: close`) rather than pulling a web framework
+//!   into the workspace; the websocket handshake is answered by hand and
+//!   the socket handed to tungstenite.
+//! - Its URL is `http://localhost:<port>`, the name DID documents use and
+//!   the form barn keys hosts by; it listens on 127.0.0.1 only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use cid::Cid;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use barn_firehose::{CommitEvent, Event, Frame, IdentityEvent, OpAction, RepoOp, encode_frame};
+use barn_repo::BlockMap;
+use barn_repo::car::write_car;
+use barn_repo::commit::Commit;
+use barn_repo::crypto::{KeyType, PrivateKey, PublicKey};
+use barn_repo::mst::Mst;
+use barn_repo::syntax::Tid;
+
+use crate::error::{Error, Result};
+
+/// Largest request head the fake reads; anything longer is answered 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+#[derive(Default)]
+struct State {
+    /// Frames in push order, each with the seq the cursor filter uses.
+    frames: Vec<(i64, Bytes)>,
+    repos: HashMap<String, Bytes>,
+    docs: HashMap<String, Value>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Bumped on every push so open sockets send the new frames.
+    pushed: watch::Sender<usize>,
+    get_repo_requests: AtomicU64,
+    subscriptions: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not hide the state from the others.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A fake PDS and PLC directory on 127.0.0.1. Stops when dropped.
+pub struct FakePds {
+    url: String,
+    shared: Arc<Shared>,
+    /// Dropped (closed) on drop: open sockets end.
+    _stop: watch::Sender<()>,
+    accept: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FakePds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakePds")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FakePds {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl FakePds {
+    /// Starts the fake on a free port of 127.0.0.1 (on the current tokio
+    /// runtime).
+    pub async fn start() -> Result<FakePds> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(Error::io("binding the fake PDS"))?;
+        let port = listener
+            .local_addr()
+            .map_err(Error::io("fake PDS address"))?
+            .port();
+        let (pushed, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            pushed,
+            get_repo_requests: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
+        });
+        let (stop, stopped) = watch::channel(());
+        let accept = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let shared = shared.clone();
+                    let stopped = stopped.clone();
+                    // A client hanging up mid-request is the client's
+                    // business; the fake has nobody to report it to.
+                    tokio::spawn(async move {
+                        let _ = serve(stream, shared, stopped).await;
+                    });
+                }
+            })
+        };
+        Ok(FakePds {
+            url: format!("http://localhost:{port}"),
+            shared,
+            _stop: stop,
+            accept,
+        })
+    }
+
+    /// `http://localhost:<port>`: the PDS URL for DID documents, the host
+    /// to follow, and the PLC directory URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Queues a raw frame with the seq the cursor filter should see (for a
+    /// malformed frame, whatever seq it stands for). Open sockets get it at
+    /// once.
+    pub fn push(&self, seq: i64, frame: impl Into<Bytes>) {
+        self.shared.lock().frames.push((seq, frame.into()));
+        self.shared.pushed.send_modify(|n| *n += 1);
+    }
+
+    /// Encodes `frame` with [`encode_frame`] and queues it under its seq
+    /// (0 for a frame without one).
+    pub fn push_frame(&self, frame: &Frame) {
+        self.push(frame.seq.unwrap_or(0), encode_frame(frame));
+    }
+
+    /// What `getRepo` serves for `did`.
+    pub fn set_repo(&self, did: &str, car: impl Into<Bytes>) {
+        self.shared.lock().repos.insert(did.to_owned(), car.into());
+    }
+
+    /// Makes `getRepo` answer `RepoNotFound` for `did`.
+    pub fn remove_repo(&self, did: &str) {
+        self.shared.lock().repos.remove(did);
+    }
+
+    /// What `GET /<did>` serves (see [`did_doc`]).
+    pub fn set_did_doc(&self, did: &str, doc: Value) {
+        self.shared.lock().docs.insert(did.to_owned(), doc);
+    }
+
+    /// `getRepo` requests answered so far (any DID, any outcome).
+    pub fn get_repo_requests(&self) -> u64 {
+        self.shared.get_repo_requests.load(Ordering::Relaxed)
+    }
+
+    /// `subscribeRepos` connections accepted so far.
+    pub fn subscriptions(&self) -> u64 {
+        self.shared.subscriptions.load(Ordering::Relaxed)
+    }
+}
+
+/// A DID document in plc.directory's form: a Multikey `#atproto`
+/// verification method with `key` and an `#atproto_pds` service at `pds`.
+pub fn did_doc(did: &str, key: &PublicKey, pds: &str) -> Value {
+    json!({
+        "@context": [
+            "https://www.w3.org/ns/did/v1",
+            "https://w3id.org/security/multikey/v1",
+        ],
+        "id": did,
+        "alsoKnownAs": [],
+        "verificationMethod": [{
+            "id": format!("{did}#atproto"),
+            "type": "Multikey",
+            "controller": did,
+            "publicKeyMultibase": key.to_multikey(),
+        }],
+        "service": [{
+            "id": "#atproto_pds",
+            "type": "AtprotoPersonalDataServer",
+            "serviceEndpoint": pds,
+        }],
+    })
+}
+
+type IoResult<T> = std::result::Result<T, std::io::Error>;
+
+/// One request on one connection.
+async fn serve(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    stopped: watch::Receiver<()>,
+) -> IoResult<()> {
+    let Some(head) = read_head(&mut stream).await? else {
+        return respond(&mut stream, "431 Request Header Fields Too Large", "", b"").await;
+    };
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let ws_key = lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| value.trim().to_owned())
+    });
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let param = |name: &str| {
+        query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then(|| percent_decode(v))
+        })
+    };
+    if method != "GET" {
+        return respond(&mut stream, "405 Method Not Allowed", "", b"").await;
+    }
+    match path {
+        "/xrpc/com.atproto.sync.subscribeRepos" => {
+            let Some(key) = ws_key else {
+                return xrpc_error(&mut stream, "InvalidRequest", "websocket only").await;
+            };
+            let cursor = match param("cursor").map(|c| c.parse::<i64>()) {
+                Some(Ok(c)) => Some(c),
+                Some(Err(_)) => {
+                    return xrpc_error(&mut stream, "InvalidRequest", "bad cursor").await;
+                }
+                None => None,
+            };
+            let accept = derive_accept_key(key.as_bytes());
+            let response = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            stream.write_all(response.as_bytes()).await?;
+            shared.subscriptions.fetch_add(1, Ordering::Relaxed);
+            let ws = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+            stream_frames(ws, cursor, &shared, stopped).await
+        }
+        "/xrpc/com.atproto.sync.getRepo" => {
+            shared.get_repo_requests.fetch_add(1, Ordering::Relaxed);
+            let did = param("did").unwrap_or_default();
+            let car = shared.lock().repos.get(&did).cloned();
+            match car {
+                Some(car) => respond(&mut stream, "200 OK", "application/vnd.ipld.car", &car).await,
+                None => {
+                    xrpc_error(
+                        &mut stream,
+                        "RepoNotFound",
+                        &format!("Could not find repo for DID: {did}"),
+                    )
+                    .await
+                }
+            }
+        }
+        _ => {
+            let did = percent_decode(path.trim_start_matches('/'));
+            let doc = shared.lock().docs.get(&did).cloned();
+            match doc {
+                Some(doc) => {
+                    let body = doc.to_string();
+                    respond(&mut stream, "200 OK", "application/json", body.as_bytes()).await
+                }
+                None => {
+                    let body = json!({"message": format!("DID not registered: {did}")});
+                    respond(
+                        &mut stream,
+                        "404 Not Found",
+                        "application/json",
+                        body.to_string().as_bytes(),
+                    )
+                    .await
+                }
+            }
+        }
+    }
+}
+
+/// Sends the frames the cursor allows, then every later push, until the
+/// client goes away or the fake stops.
+async fn stream_frames(
+    mut ws: WebSocketStream<TcpStream>,
+    cursor: Option<i64>,
+    shared: &Shared,
+    mut stopped: watch::Receiver<()>,
+) -> IoResult<()> {
+    let mut pushed = shared.pushed.subscribe();
+    // Without a cursor the stream is live: nothing from before.
+    let mut next = match cursor {
+        Some(_) => 0,
+        None => shared.lock().frames.len(),
+    };
+    loop {
+        pushed.borrow_and_update();
+        let batch: Vec<Bytes> = {
+            let state = shared.lock();
+            let batch = state
+                .frames
+                .get(next..)
+                .unwrap_or_default()
+                .iter()
+                .filter(|(seq, _)| cursor.is_none_or(|c| *seq > c))
+                .map(|(_, b)| b.clone())
+                .collect();
+            next = state.frames.len();
+            batch
+        };
+        for frame in batch {
+            ws.send(Message::Binary(frame))
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        tokio::select! {
+            r = pushed.changed() => if r.is_err() { return Ok(()) },
+            _ = stopped.changed() => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            msg = ws.next() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                // Pings are answered by tungstenite on the next write.
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// The request head (up to the blank line); `None` when it is too long.
+async fn read_head(stream: &mut TcpStream) -> IoResult<Option<String>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.truncate(end);
+            return Ok(Some(String::from_utf8_lossy(&buf).into_owned()));
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Ok(None);
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+) -> IoResult<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if !content_type.is_empty() {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.shutdown().await
+}
+
+async fn xrpc_error(stream: &mut TcpStream, error: &str, message: &str) -> IoResult<()> {
+    let body = json!({"error": error, "message": message}).to_string();
+    respond(
+        stream,
+        "400 Bad Request",
+        "application/json",
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// `%XX` decoding (enough for DIDs and integers in a query or path).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// accounts
+
+/// The head of a [`FakeAccount`]'s repo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountHead {
+    /// Commit CID.
+    pub cid: Cid,
+    /// Commit rev.
+    pub rev: String,
+    /// MST root.
+    pub data: Cid,
+}
+
+/// An account with a signing key and a repo, drafting valid `#commit`
+/// events one at a time.
+#[derive(Debug)]
+pub struct FakeAccount {
+    did: String,
+    key: PrivateKey,
+    /// Every block of every revision: `getRepo` serves the reachable ones.
+    blocks: BlockMap,
+    head: Option<AccountHead>,
+    records: BTreeMap<String, Cid>,
+    /// Numbers the next record (its rkey and content).
+    next_record: u64,
+}
+
+/// How to draft a commit; [`Default`] is one small record, signed with
+/// the account's key, at the next rev.
+#[derive(Debug, Clone)]
+pub struct DraftOptions {
+    /// Records to create.
+    pub records: usize,
+    /// Sign with this key instead of the account's.
+    pub key: Option<PrivateKey>,
+    /// Use this rev instead of the next one (the commit is signed with it).
+    pub rev: Option<String>,
+    /// Pad each record with a text of this many bytes.
+    pub padding: usize,
+}
+
+impl Default for DraftOptions {
+    fn default() -> Self {
+        DraftOptions {
+            records: 1,
+            key: None,
+            rev: None,
+            padding: 0,
+        }
+    }
+}
+
+/// A drafted `#commit`: valid for the account's head until changed.
+#[derive(Debug, Clone)]
+pub struct DraftCommit {
+    /// The event. Edit its fields to break it; [`DraftCommit::frame`]
+    /// encodes whatever it holds.
+    pub event: CommitEvent,
+    /// The blocks of the CAR slice, in order: MST nodes, records, commit.
+    pub blocks: Vec<(Cid, Bytes)>,
+    /// The records created, `(path, cid)`.
+    pub records: Vec<(String, Cid)>,
+    /// The new MST root.
+    pub data: Cid,
+    /// The MST nodes written by this commit (the proof blocks).
+    pub mst_nodes: Vec<Cid>,
+}
+
+impl DraftCommit {
+    /// The encoded `#commit` frame.
+    pub fn frame(&self) -> Bytes {
+        Bytes::from(encode_frame(&Frame {
+            seq: Some(self.event.seq),
+            event: Event::Commit(self.event.clone()),
+        }))
+    }
+
+    /// The commit CID.
+    pub fn commit_cid(&self) -> Cid {
+        self.event.commit
+    }
+
+    /// Rewrites `event.blocks` from [`DraftCommit::blocks`].
+    pub fn rebuild_car(&mut self) {
+        let car = write_car(
+            &[self.event.commit],
+            self.blocks.iter().map(|(c, d)| (c, &d[..])),
+        );
+        self.event.blocks = Bytes::from(car);
+    }
+
+    /// Leaves block `cid` out of the CAR slice.
+    pub fn drop_block(&mut self, cid: &Cid) {
+        self.blocks.retain(|(c, _)| c != cid);
+        self.rebuild_car();
+    }
+
+    /// Flips one bit in the middle of block `cid` (its CID is kept, so its
+    /// hash no longer matches).
+    pub fn corrupt_block(&mut self, cid: &Cid) {
+        for (c, data) in &mut self.blocks {
+            if c == cid && !data.is_empty() {
+                let mut bytes = data.to_vec();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01;
+                *data = Bytes::from(bytes);
+            }
+        }
+        self.rebuild_car();
+    }
+}
+
+impl FakeAccount {
+    /// A `did:plc` made from `n` (24 base32 characters).
+    pub fn plc_did(n: u64) -> String {
+        const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+        let mut s = String::from("did:plc:");
+        let mut v = n;
+        for _ in 0..24 {
+            s.push(char::from(ALPHABET[(v % 32) as usize]));
+            v /= 32;
+        }
+        s
+    }
+
+    /// An account with no repo yet, its key made from `seed` (K-256).
+    pub fn new(did: &str, seed: u64) -> FakeAccount {
+        FakeAccount {
+            did: did.to_owned(),
+            key: PrivateKey::from_seed(KeyType::K256, seed),
+            blocks: BlockMap::new(),
+            head: None,
+            records: BTreeMap::new(),
+            next_record: 0,
+        }
+    }
+
+    /// The DID.
+    pub fn did(&self) -> &str {
+        &self.did
+    }
+
+    /// The signing key.
+    pub fn key(&self) -> &PrivateKey {
+        &self.key
+    }
+
+    /// The public signing key.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// The DID document naming this account's key and `pds`.
+    pub fn did_doc(&self, pds: &str) -> Value {
+        did_doc(&self.did, &self.key.public_key(), pds)
+    }
+
+    /// The repo head, once a draft was applied.
+    pub fn head(&self) -> Option<&AccountHead> {
+        self.head.as_ref()
+    }
+
+    /// Every record, path to CID.
+    pub fn records(&self) -> &BTreeMap<String, Cid> {
+        &self.records
+    }
+
+    /// The whole repo as a CAR rooted at the head commit (what `getRepo`
+    /// serves); an empty CAR without roots before the first commit.
+    pub fn car(&self) -> Bytes {
+        let roots: Vec<Cid> = self.head.iter().map(|h| h.cid).collect();
+        Bytes::from(write_car(
+            &roots,
+            self.blocks.iter().map(|(c, d)| (c, &d[..])),
+        ))
+    }
+
+    /// The next rev: now, or just after the head if the clock is behind.
+    pub fn next_rev(&self) -> Result<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default();
+        let after_head = self
+            .head
+            .as_ref()
+            .and_then(|h| h.rev.parse::<Tid>().ok())
+            .map_or(0, |t| t.timestamp_micros() + 1);
+        let tid = Tid::from_parts(now.max(after_head), 0)
+            .map_err(|e| Error::repo("next rev")(e.into()))?;
+        Ok(tid.to_string())
+    }
+
+    /// A valid commit creating one record at `seq` (the genesis commit when
+    /// the account has no repo yet).
+    pub fn draft(&self, seq: i64) -> Result<DraftCommit> {
+        self.draft_with(seq, &DraftOptions::default())
+    }
+
+    /// A commit as `options` say, at `seq`.
+    pub fn draft_with(&self, seq: i64, options: &DraftOptions) -> Result<DraftCommit> {
+        let what = format!("drafting a commit of {}", self.did);
+        let rev = match &options.rev {
+            Some(r) => r.clone(),
+            None => self.next_rev()?,
+        };
+        let mut tree = match &self.head {
+            Some(h) => Mst::load(&self.blocks, h.data).map_err(Error::repo(&what))?,
+            None => Mst::empty(&self.blocks),
+        };
+        let mut records = Vec::new();
+        let mut record_blocks = Vec::new();
+        for i in 0..options.records as u64 {
+            let n = self.next_record + i;
+            let path = format!("com.example.thing/r{n:08}");
+            let json = json!({
+                "$type": "com.example.thing",
+                "n": n,
+                "text": "x".repeat(options.padding),
+            });
+            let value = barn_repo::data::record_from_json(&json).map_err(Error::repo(&what))?;
+            let bytes = barn_repo::data::encode(&value).map_err(Error::repo(&what))?;
+            let cid = barn_repo::cid_for_cbor(&bytes);
+            tree.insert(&path, cid).map_err(Error::repo(&what))?;
+            records.push((path, cid));
+            record_blocks.push((cid, Bytes::from(bytes)));
+        }
+        let data = tree.root_cid();
+        let nodes = tree.take_new_blocks();
+        drop(tree);
+        let key = options.key.as_ref().unwrap_or(&self.key);
+        let (_, commit_bytes, commit_cid) =
+            Commit::create(&self.did, data, &rev, key).map_err(Error::repo(&what))?;
+        let mut blocks: Vec<(Cid, Bytes)> = nodes.iter().map(|(c, d)| (*c, d.clone())).collect();
+        let mst_nodes = blocks.iter().map(|(c, _)| *c).collect();
+        blocks.extend(record_blocks);
+        blocks.push((commit_cid, Bytes::from(commit_bytes)));
+        let event = CommitEvent {
+            seq,
+            repo: self.did.clone(),
+            rev: rev.clone(),
+            since: self.head.as_ref().map(|h| h.rev.clone()),
+            commit: commit_cid,
+            blocks: Bytes::new(),
+            ops: records
+                .iter()
+                .map(|(path, cid)| RepoOp {
+                    action: OpAction::Create,
+                    path: path.clone(),
+                    cid: Some(*cid),
+                    prev: None,
+                })
+                .collect(),
+            prev_data: self.head.as_ref().map(|h| h.data),
+            time: "2026-01-01T00:00:00.000Z".into(),
+            too_big: false,
+            rebase: false,
+            blobs: Vec::new(),
+        };
+        let mut draft = DraftCommit {
+            event,
+            blocks,
+            records,
+            data,
+            mst_nodes,
+        };
+        draft.rebuild_car();
+        Ok(draft)
+    }
+
+    /// Makes `draft` the account's new head (a draft of the current head,
+    /// as a legitimate PDS would have committed it).
+    pub fn apply(&mut self, draft: &DraftCommit) {
+        for (cid, data) in &draft.blocks {
+            self.blocks.insert(*cid, data.clone());
+        }
+        for (path, cid) in &draft.records {
+            self.records.insert(path.clone(), *cid);
+        }
+        self.next_record += draft.records.len() as u64;
+        self.head = Some(AccountHead {
+            cid: draft.event.commit,
+            rev: draft.event.rev.clone(),
+            data: draft.data,
+        });
+    }
+
+    /// An `#identity` frame for this account at `seq` (no handle).
+    pub fn identity_frame(&self, seq: i64) -> Bytes {
+        Bytes::from(encode_frame(&Frame {
+            seq: Some(seq),
+            event: Event::Identity(IdentityEvent {
+                seq,
+                did: self.did.clone(),
+                time: "2026-01-01T00:00:00.000Z".into(),
+                handle: None,
+            }),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn drafts_verify_as_whole_repos_once_applied() {
+        let mut acct = FakeAccount::new(&FakeAccount::plc_did(1), 1);
+        let genesis = acct
+            .draft_with(
+                1,
+                &DraftOptions {
+                    records: 5,
+                    ..DraftOptions::default()
+                },
+            )
+            .unwrap();
+        assert!(genesis.event.since.is_none() && genesis.event.prev_data.is_none());
+        acct.apply(&genesis);
+        let next = acct.draft(2).unwrap();
+        assert_eq!(
+            next.event.since.as_deref(),
+            Some(genesis.event.rev.as_str())
+        );
+        assert!(next.event.rev > genesis.event.rev);
+        acct.apply(&next);
+        let car = barn_repo::car::read_car(acct.car(), &Default::default()).unwrap();
+        let verified = barn_repo::commit::verify_repo(
+            &car.blocks,
+            &next.event.commit,
+            Some(acct.did()),
+            Some(&acct.public_key()),
+        )
+        .unwrap();
+        assert_eq!(verified.records.len(), 6);
+        let decoded = barn_firehose::decode_frame(&next.frame()).unwrap();
+        assert_eq!(decoded.event, Event::Commit(next.event.clone()));
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("did%3Aplc%3Aabc"), "did:plc:abc");
+        assert_eq!(percent_decode("a%2"), "a%2");
+    }
+}
