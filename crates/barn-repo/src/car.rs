@@ -612,13 +612,15 @@ impl<R: AsyncRead + Unpin> CarStream<R> {
 
     /// Reads every remaining block into a map.
     pub async fn collect(mut self) -> Result<CarFile> {
-        let mut blocks = BlockMap::new();
-        while let Some((cid, data)) = self.next_block().await? {
-            blocks.insert(cid, data);
+        // Indexed once at the end, at its final size: cheaper than growing
+        // (and rehashing) the map block by block.
+        let mut entries = Vec::new();
+        while let Some(block) = self.next_block().await? {
+            entries.push(block);
         }
         Ok(CarFile {
             roots: self.roots,
-            blocks,
+            blocks: BlockMap::from_entries(entries),
         })
     }
 }
