@@ -148,11 +148,12 @@ pub fn check_key(key: &[u8]) -> Result<()> {
 }
 
 /// Whether `prefix ++ suffix` passes [`check_key`], where `prefix` (of
-/// `key_len - suffix.len()` bytes, holding `prefix_slashes` slashes) is a
-/// prefix of a key that passed it. Node decoding uses this to check only
-/// the new bytes of each prefix-compressed key; it only ever says yes when
-/// [`check_key`] would, and callers run [`check_key`] for the error.
-pub(crate) fn key_tail_ok(prefix_slashes: usize, key_len: usize, suffix: &[u8]) -> bool {
+/// `key_len - suffix.len()` bytes, holding a slash or not as
+/// `prefix_has_slash` says) is a prefix of a key that passed it. Node
+/// decoding uses this to check only the new bytes of each prefix-compressed
+/// key; it only ever says yes when [`check_key`] would, and callers run
+/// [`check_key`] for the error.
+pub(crate) fn key_tail_ok(prefix_has_slash: bool, key_len: usize, suffix: &[u8]) -> bool {
     let (Some(&first), Some(&last)) = (suffix.first(), suffix.last()) else {
         return false;
     };
@@ -161,20 +162,54 @@ pub(crate) fn key_tail_ok(prefix_slashes: usize, key_len: usize, suffix: &[u8]) 
     if key_len > MAX_KEY_LEN || last == b'/' || (key_len == suffix.len() && first == b'/') {
         return false;
     }
-    let mut slashes = prefix_slashes;
+    // Branch-free over the same table as `check_key`: this runs for every
+    // entry of every node a diff reads.
+    let mut bad = 0u8;
+    let mut slashes = usize::from(prefix_has_slash);
     for &c in suffix {
-        match KEY_CHARS[usize::from(c)] {
-            CharClass::Ok => {}
-            CharClass::Slash => slashes += 1,
-            CharClass::Bad => return false,
-        }
+        let class = KEY_CLASS[usize::from(c)];
+        bad |= class & KEY_CLASS_BAD;
+        slashes += usize::from(class & KEY_CLASS_SLASH);
     }
-    slashes == 1
+    bad == 0 && slashes == 1
 }
+
+const KEY_CLASS_SLASH: u8 = 1;
+const KEY_CLASS_BAD: u8 = 2;
+
+/// [`KEY_CHARS`] as bit flags, for [`key_tail_ok`].
+const KEY_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = match KEY_CHARS[c] {
+            CharClass::Ok => 0,
+            CharClass::Slash => KEY_CLASS_SLASH,
+            CharClass::Bad => KEY_CLASS_BAD,
+        };
+        c += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_check_classes_every_byte_like_the_table() {
+        for c in 0..=255u8 {
+            let want = match KEY_CHARS[usize::from(c)] {
+                CharClass::Ok => Some(false),
+                CharClass::Slash => Some(true),
+                CharClass::Bad => None,
+            };
+            // A lone byte as the rkey after "a/": fine exactly for `Ok`.
+            assert_eq!(key_tail_ok(true, 3, &[c]), want == Some(false), "{c}");
+            // As the slash itself, between "a" and "b".
+            assert_eq!(key_tail_ok(false, 3, &[c, b'b']), want == Some(true), "{c}");
+        }
+    }
 
     #[test]
     fn key_checks() {

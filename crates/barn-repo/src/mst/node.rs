@@ -44,8 +44,8 @@ impl NodeData {
             entries: (0..raw.len())
                 .map(|i| EntryData {
                     key: raw.key(i).to_vec(),
-                    value: raw.entries[i].value,
-                    right: raw.entries[i].right,
+                    value: raw.values[i],
+                    right: raw.rights[i],
                 })
                 .collect(),
         })
@@ -72,42 +72,40 @@ pub(crate) struct RawNode {
     pub(crate) left: Option<Cid>,
     /// Every full key, one after another.
     keys: Vec<u8>,
-    entries: Vec<RawEntry>,
-}
-
-#[derive(Debug, Clone)]
-struct RawEntry {
-    /// Where this entry's key ends in `keys` (it starts where the previous
-    /// one ends).
-    key_end: usize,
-    value: Cid,
-    right: Option<Cid>,
+    /// Where each entry's key ends in `keys` (it starts where the previous
+    /// one ends). Kept apart from the CIDs, like them, so that walking the
+    /// keys touches one dense array.
+    key_ends: Vec<usize>,
+    values: Vec<Cid>,
+    rights: Vec<Option<Cid>>,
+    /// Where the slash is in the last key.
+    last_slash: usize,
 }
 
 impl RawNode {
     /// Number of entries.
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.key_ends.len()
     }
 
     /// The full key of entry `i`; empty when out of range.
     pub(crate) fn key(&self, i: usize) -> &[u8] {
         let start = match i.checked_sub(1) {
-            Some(j) => self.entries.get(j).map_or(0, |e| e.key_end),
+            Some(j) => self.key_ends.get(j).copied().unwrap_or(0),
             None => 0,
         };
-        let end = self.entries.get(i).map_or(start, |e| e.key_end);
+        let end = self.key_ends.get(i).copied().unwrap_or(start);
         &self.keys[start..end]
     }
 
     /// The value of entry `i`.
     pub(crate) fn value(&self, i: usize) -> Option<&Cid> {
-        self.entries.get(i).map(|e| &e.value)
+        self.values.get(i)
     }
 
     /// The subtree right of entry `i`.
     pub(crate) fn right(&self, i: usize) -> Option<&Cid> {
-        self.entries.get(i).and_then(|e| e.right.as_ref())
+        self.rights.get(i).and_then(Option::as_ref)
     }
 
     /// Index of the first entry whose key is not below `key`, and whether
@@ -128,7 +126,9 @@ impl RawNode {
     fn clear(&mut self) {
         self.left = None;
         self.keys.clear();
-        self.entries.clear();
+        self.key_ends.clear();
+        self.values.clear();
+        self.rights.clear();
     }
 
     /// Decodes and validates a node block into `self`, reusing its buffers
@@ -172,8 +172,8 @@ impl RawNode {
         right: Option<Cid>,
     ) -> std::result::Result<(), NodeDecodeError> {
         use NodeDecodeError::Shape;
-        let prev_start = match self.entries.len().checked_sub(2) {
-            Some(j) => self.entries[j].key_end,
+        let prev_start = match self.key_ends.len().checked_sub(2) {
+            Some(j) => self.key_ends[j],
             None => 0,
         };
         let prev = &self.keys[prev_start..];
@@ -195,25 +195,31 @@ impl RawNode {
             (None, Some(_)) => true,
             (Some(o), Some(n)) => n > o,
         };
-        if !self.entries.is_empty() && !ascending {
+        if !self.key_ends.is_empty() && !ascending {
             return Err(Shape("entries are not in ascending key order"));
         }
         // The shared prefix passed `check_key` as part of the previous key
-        // (the first key has no prefix).
-        let prefix_slashes = usize::from(prev[..p].contains(&b'/'));
+        // (the first key has no prefix), whose one slash is at
+        // `last_slash`.
+        let prefix_has_slash = !self.key_ends.is_empty() && self.last_slash < p;
         let key_len = p + suffix.len();
-        if !key_tail_ok(prefix_slashes, key_len, suffix) {
+        if !key_tail_ok(prefix_has_slash, key_len, suffix) {
             let mut key = prev[..p].to_vec();
             key.extend_from_slice(suffix);
             check_key(&key).map_err(NodeDecodeError::Key)?;
         }
+        if !prefix_has_slash {
+            // A valid key has exactly one slash, so it is in the suffix.
+            match suffix.iter().position(|&c| c == b'/') {
+                Some(i) => self.last_slash = p + i,
+                None => return Err(Shape("key must be collection/rkey")),
+            }
+        }
         self.keys.extend_from_within(prev_start..prev_start + p);
         self.keys.extend_from_slice(suffix);
-        self.entries.push(RawEntry {
-            key_end: self.keys.len(),
-            value,
-            right,
-        });
+        self.key_ends.push(self.keys.len());
+        self.values.push(value);
+        self.rights.push(right);
         Ok(())
     }
 
@@ -229,7 +235,9 @@ impl RawNode {
             return Err(Shape("node must have exactly the fields e and l"));
         }
         let n = d.array_len()?;
-        self.entries.reserve(n as usize);
+        self.key_ends.reserve(n as usize);
+        self.values.reserve(n as usize);
+        self.rights.reserve(n as usize);
         for _ in 0..n {
             if d.map_len()? != 4 {
                 return Err(Shape("entry must have exactly the fields k, p, t and v"));
