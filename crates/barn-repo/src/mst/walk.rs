@@ -90,16 +90,17 @@ impl Frame {
 /// An in-order cursor over a stored tree that can skip whole subtrees.
 pub struct MstWalker<S> {
     source: S,
-    stack: Vec<Frame>,
+    /// The path from the root: `frames[..depth]`. Frames past `depth` are
+    /// finished ones kept for their buffers, so that entering a node
+    /// decodes in place instead of allocating or moving a frame.
+    frames: Vec<Frame>,
+    depth: usize,
     limits: MstLimits,
     /// Whether every key's height is checked against its node's layer.
     check_heights: bool,
     /// The last leaf returned by `next_leaf`: leaves must come out strictly
     /// ascending across nodes, not only within one.
     last_leaf: Option<Vec<u8>>,
-    /// Nodes of finished frames, kept so that loading the next node reuses
-    /// their buffers instead of allocating.
-    spare: Vec<RawNode>,
 }
 
 impl<S: BlockSource> MstWalker<S> {
@@ -121,37 +122,38 @@ impl<S: BlockSource> MstWalker<S> {
         let mut node = RawNode::default();
         load_raw(&source, root, &mut node)?;
         let layer = root_layer(root, &node)?;
+        let limits = MstLimits::default();
+        check_node(root, &node, layer, &limits, true, check_heights)?;
         let mut w = MstWalker {
             source,
-            stack: Vec::new(),
-            limits: MstLimits::default(),
+            frames: vec![Frame {
+                node,
+                layer,
+                pos: 0,
+            }],
+            depth: 1,
+            limits,
             check_heights,
             last_leaf: None,
-            spare: Vec::new(),
         };
-        w.check(root, &node, layer)?;
-        w.stack.push(Frame {
-            node,
-            layer,
-            pos: 0,
-        });
         w.normalize();
         Ok(w)
     }
 
-    fn check(&self, cid: &Cid, node: &RawNode, layer: u32) -> Result<()> {
-        let is_root = self.stack.is_empty();
-        check_node(cid, node, layer, &self.limits, is_root, self.check_heights)
+    fn top(&self) -> Option<&Frame> {
+        self.frames.get(self.depth.checked_sub(1)?)
+    }
+
+    fn top_mut(&mut self) -> Option<&mut Frame> {
+        self.frames.get_mut(self.depth.checked_sub(1)?)
     }
 
     /// Moves to the next real item, skipping empty slots and finished nodes.
     fn normalize(&mut self) {
-        while let Some(top) = self.stack.last_mut() {
+        while let Some(top) = self.top_mut() {
             if top.done() {
-                if let Some(frame) = self.stack.pop() {
-                    self.spare.push(frame.node);
-                }
-                if let Some(parent) = self.stack.last_mut() {
+                self.depth -= 1;
+                if let Some(parent) = self.top_mut() {
                     parent.pos += 1;
                 }
                 continue;
@@ -166,12 +168,12 @@ impl<S: BlockSource> MstWalker<S> {
 
     /// The current item; `None` when the walk is over.
     pub fn peek(&self) -> Option<WalkItem<'_>> {
-        self.stack.last().and_then(Frame::item)
+        self.top().and_then(Frame::item)
     }
 
     /// Moves past the current item (a whole subtree if it is one).
     pub fn advance(&mut self) {
-        if let Some(top) = self.stack.last_mut() {
+        if let Some(top) = self.top_mut() {
             top.pos += 1;
         }
         self.normalize();
@@ -183,16 +185,31 @@ impl<S: BlockSource> MstWalker<S> {
             return Ok(());
         };
         let cid = *cid;
-        let mut node = self.spare.pop().unwrap_or_default();
-        load_raw(&self.source, &cid, &mut node)?;
-        self.check(&cid, &node, layer)?;
-        // The parent's position stays on the slot; `normalize` bumps it
-        // when this frame is popped.
-        self.stack.push(Frame {
-            node,
+        if self.frames.len() == self.depth {
+            self.frames.push(Frame {
+                node: RawNode::default(),
+                layer,
+                pos: 0,
+            });
+        }
+        let MstWalker { source, frames, .. } = self;
+        let Some(frame) = frames.get_mut(self.depth) else {
+            return Ok(());
+        };
+        load_raw(source, &cid, &mut frame.node)?;
+        check_node(
+            &cid,
+            &frame.node,
             layer,
-            pos: 0,
-        });
+            &self.limits,
+            false,
+            self.check_heights,
+        )?;
+        frame.layer = layer;
+        frame.pos = 0;
+        // The parent's position stays on the slot; `normalize` bumps it
+        // when this frame is left.
+        self.depth += 1;
         self.normalize();
         Ok(())
     }
@@ -223,7 +240,7 @@ impl<S: BlockSource> MstWalker<S> {
     /// Only valid on a fresh walker.
     pub fn seek(&mut self, key: &[u8]) -> Result<()> {
         loop {
-            let Some(top) = self.stack.last_mut() else {
+            let Some(top) = self.top_mut() else {
                 return Ok(());
             };
             let i = match top.node.search(key) {
@@ -238,7 +255,7 @@ impl<S: BlockSource> MstWalker<S> {
                 }
             }
             // After stepping in, the new top is positioned by the loop.
-            if let Some(top) = self.stack.last_mut() {
+            if let Some(top) = self.top_mut() {
                 top.pos = 0;
             }
         }
