@@ -1057,6 +1057,33 @@ mod tests {
     }
 
     #[test]
+    fn streamed_duplicates_collapse_like_in_memory_ones() {
+        let (_, root, blocks) = sample();
+        let twice = write_car(
+            &[root],
+            blocks
+                .iter()
+                .chain(blocks.iter().rev())
+                .map(|(c, d)| (c, d.as_slice())),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let streamed = rt
+            .block_on(async {
+                CarStream::new(twice.as_slice(), CarLimits::default())
+                    .await?
+                    .collect()
+                    .await
+            })
+            .unwrap();
+        let mem = read_car(Bytes::from(twice), &CarLimits::default()).unwrap();
+        assert_eq!(streamed.blocks.len(), blocks.len());
+        assert_eq!(streamed.blocks.byte_len(), mem.blocks.byte_len());
+        assert!(streamed.blocks.iter().eq(mem.blocks.iter()));
+    }
+
+    #[test]
     fn in_memory_and_streaming_readers_agree() {
         let (car, root, blocks) = sample();
         let mem = read_car(Bytes::from(car.clone()), &CarLimits::default()).unwrap();

@@ -415,8 +415,11 @@ pub(crate) fn load_raw(
     cid: &Cid,
     node: &mut RawNode,
 ) -> Result<()> {
-    let bytes: Bytes = source.get_block(cid)?.ok_or(Error::MissingBlock(*cid))?;
-    node.decode(cid, &bytes)
+    let mut decoded = Ok(());
+    if !source.with_block(cid, &mut |bytes| decoded = node.decode(cid, bytes))? {
+        return Err(Error::MissingBlock(*cid));
+    }
+    decoded
 }
 
 /// What [`root_layer`] and [`check_node`] need to see of a decoded node.
