@@ -700,12 +700,7 @@ impl HostTask {
             },
         );
         let mut state = state;
-        state.head = Some(input.commit);
-        state.rev = Some(input.rev);
-        state.data = Some(verified.commit.data);
-        state.sync = SyncState::Synchronized;
-        state.sync_reason = None;
-        state.revisions += 1;
+        state.advance(input.commit, input.rev, verified.commit.data);
         self.pending.set_repo(&did, state);
         self.pending.received.push(received);
         self.inner.metrics.applied(&self.host);
@@ -785,12 +780,7 @@ impl HostTask {
                 reason: Some("sync event (empty repo)".into()),
             },
         );
-        state.head = Some(commit_cid);
-        state.rev = Some(commit.rev.clone());
-        state.data = Some(commit.data);
-        state.sync = SyncState::Synchronized;
-        state.sync_reason = None;
-        state.revisions += 1;
+        state.advance(commit_cid, commit.rev.clone(), commit.data);
         self.pending.set_repo(&did, state);
         self.inner.metrics.applied(&self.host);
         Ok(())
@@ -863,12 +853,8 @@ impl HostTask {
             },
         );
         let revisions = pending.batch.revisions();
-        let store = self.inner.store.clone();
-        let batch = pending.batch;
         let t = Instant::now();
-        tokio::task::spawn_blocking(move || store.write(batch))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        write(&self.inner.store, pending.batch).await?;
         let durable = Instant::now();
         self.inner.metrics.group_commit(revisions, durable - t);
         for r in pending.received {
@@ -948,10 +934,7 @@ async fn resync(
         state.host = normalize_host(&pds);
         let mut batch = Batch::new();
         batch.set_repo(did, state);
-        let store = inner.store.clone();
-        tokio::task::spawn_blocking(move || store.write(batch))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
+        write(&inner.store, batch).await?;
         inner.follow(&pds, did, true);
         return Ok("moved");
     }
@@ -984,10 +967,7 @@ async fn resync(
             state.sync_reason = Some(name);
             let mut batch = Batch::new();
             batch.set_repo(did, state);
-            let store = inner.store.clone();
-            tokio::task::spawn_blocking(move || store.write(batch))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))??;
+            write(&inner.store, batch).await?;
             return Ok("inactive");
         }
         Err(e) => return Err(e),
@@ -1001,6 +981,15 @@ async fn resync(
     })
     .await
     .map_err(|e| Error::Task(e.to_string()))?
+}
+
+/// Writes `batch` (atomic, fsynced) off the async threads.
+async fn write(store: &Arc<Store>, batch: Batch) -> Result<()> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.write(batch))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+    Ok(())
 }
 
 async fn fetch(inner: &Arc<Inner>, url: &str, did: &str) -> Result<Bytes> {
@@ -1128,10 +1117,7 @@ fn import(
                 reason: Some(reason.to_owned()),
             },
         );
-        state.head = Some(root);
-        state.rev = Some(verified.commit.rev.clone());
-        state.data = Some(verified.commit.data);
-        state.revisions += 1;
+        state.advance(root, verified.commit.rev.clone(), verified.commit.data);
         "imported"
     };
     state.sync = SyncState::Synchronized;

@@ -133,6 +133,17 @@ impl RepoState {
             revisions: 0,
         }
     }
+
+    /// Moves the head to a newly stored revision; the repo follows its
+    /// source again.
+    pub fn advance(&mut self, head: Cid, rev: String, data: Cid) {
+        self.head = Some(head);
+        self.rev = Some(rev);
+        self.data = Some(data);
+        self.sync = SyncState::Synchronized;
+        self.sync_reason = None;
+        self.revisions += 1;
+    }
 }
 
 /// A tracked host's stream position.
