@@ -747,6 +747,9 @@ impl HostTask {
         }
         // An empty repo (a new account announces its genesis this way): the
         // commit is the whole state, nothing to fetch.
+        // The record index to clear is the stored one plus what the pending
+        // batch changed: make the pending batch durable first.
+        self.flush().await?;
         let mut state = state;
         let current = self.inner.store.records(&did)?;
         let mut ops = Vec::new();
