@@ -259,6 +259,41 @@ pub fn subscribe(
     (Subscription { rx, held }, handle)
 }
 
+/// Like [`subscribe`], but the binary messages come from `source` instead
+/// of a websocket: for replaying recorded streams and for benchmarks that
+/// must not depend on a network. Everything after the socket is the same:
+/// the byte budget, decoding, the seq order (duplicates dropped, gaps
+/// reported), and the frame size limit (an oversized message is
+/// rejected and the stream goes on, as there is no connection to lose).
+///
+/// One [`Delivery::Connected`] comes first; the subscription ends when
+/// `source` is closed and drained, or at shutdown.
+pub fn subscribe_source(
+    config: SubscribeConfig,
+    source: mpsc::Receiver<bytes::Bytes>,
+    shutdown: CancellationToken,
+) -> (Subscription, JoinHandle<()>) {
+    let queue_bytes = config.queue_bytes.clamp(1, MAX_BUDGET);
+    let budget = Arc::new(Semaphore::new(queue_bytes));
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let rec = Recorder::new(&config.host, config.metrics.clone());
+    let held = Arc::new(AtomicUsize::new(0));
+    let worker = Worker {
+        held: held.clone(),
+        gauge: rec.queued_gauge(),
+        rec,
+        last: config.cursor,
+        skip: 0,
+        config,
+        queue_bytes,
+        budget,
+        tx,
+        shutdown,
+    };
+    let handle = tokio::spawn(worker.run_source(source));
+    (Subscription { rx, held }, handle)
+}
+
 /// The `ws(s)://…/xrpc/com.atproto.sync.subscribeRepos[?cursor=N]` URL for
 /// a host.
 pub fn subscribe_url(host: &str, cursor: Option<i64>) -> Result<String> {
@@ -399,6 +434,44 @@ impl Worker {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn run_source(mut self, mut source: mpsc::Receiver<bytes::Bytes>) {
+        if !self
+            .deliver(Delivery::Connected { cursor: self.last })
+            .await
+        {
+            return;
+        }
+        loop {
+            let data = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                d = source.recv() => match d {
+                    Some(d) => d,
+                    None => return,
+                },
+            };
+            if data.len() > self.config.max_frame_bytes {
+                let size = data.len();
+                let detail = format!(
+                    "message of {size} bytes exceeds {}",
+                    self.config.max_frame_bytes
+                );
+                self.rec.rejected("oversized", &detail, size);
+                let rejected = Delivery::Rejected {
+                    reason: "oversized",
+                    detail,
+                    bytes: size,
+                };
+                if !self.deliver(rejected).await {
+                    return;
+                }
+                continue;
+            }
+            if let Handled::End(End::Shutdown | End::ConsumerGone) = self.handle(data).await {
+                return;
             }
         }
     }

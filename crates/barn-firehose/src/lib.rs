@@ -22,7 +22,9 @@ mod error;
 pub mod frames;
 pub mod metrics;
 
-pub use client::{BytePermit, Delivery, SubscribeConfig, Subscription, subscribe, subscribe_url};
+pub use client::{
+    BytePermit, Delivery, SubscribeConfig, Subscription, subscribe, subscribe_source, subscribe_url,
+};
 pub use error::{Error, Result};
 pub use frames::{
     AccountEvent, CommitEvent, DEFAULT_MAX_FRAME_BYTES, ErrorFrame, Event, Frame, IdentityEvent,

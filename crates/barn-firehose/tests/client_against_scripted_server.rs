@@ -584,3 +584,67 @@ async fn a_fast_producer_is_held_back_by_the_byte_budget() {
     assert_eq!(sent.load(Ordering::SeqCst), FRAMES as usize);
     stop(shutdown, task).await;
 }
+
+#[tokio::test]
+async fn a_channel_source_gets_the_same_ordering_limits_and_budget_as_a_socket() {
+    let registry = prometheus::Registry::new();
+    let mut cfg = config("replay", &registry);
+    cfg.cursor = Some(1);
+    cfg.max_frame_bytes = 8 * 1024;
+    cfg.queue_bytes = 64 * 1024;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let shutdown = CancellationToken::new();
+    let (mut sub, task) = barn_firehose::subscribe_source(cfg, rx, shutdown.clone());
+    tx.send(commit(1, 10).into()).await.unwrap(); // at the cursor: a replay
+    tx.send(commit(2, 10).into()).await.unwrap();
+    tx.send(commit(2, 10).into()).await.unwrap(); // duplicate
+    tx.send(Bytes::from_static(&[0xff, 0x00])).await.unwrap(); // not a header
+    tx.send(commit(3, 16 * 1024).into()).await.unwrap(); // over the limit
+    tx.send(commit(5, 10).into()).await.unwrap(); // after a gap
+    assert_eq!(
+        take(&mut sub, 6).await,
+        [
+            D::Connected(Some(1)),
+            D::Seq(2),
+            D::Rejected("bad_header"),
+            D::Rejected("oversized"),
+            D::Gap(2, 5),
+            D::Seq(5),
+        ]
+    );
+    assert_eq!(
+        counter(
+            &registry,
+            "barn_firehose_rejected_total",
+            ("reason", "oversized")
+        ),
+        1
+    );
+
+    // The budget holds a fast producer back: with every frame kept by the
+    // consumer, no more than the budget is accepted.
+    let frame = commit(6, 4 * 1024).len();
+    let mut held = Vec::new();
+    let producer = tokio::spawn(async move {
+        for seq in 6..100 {
+            if tx.send(commit(seq, 4 * 1024).into()).await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(300), sub.recv()).await {
+        held.push(d);
+    }
+    assert_eq!(
+        held.len(),
+        64 * 1024 / frame,
+        "frames accepted while all were held"
+    );
+    assert!(sub.queued_bytes() <= 64 * 1024);
+    drop(held);
+    // Released: the rest flows.
+    let rest = take(&mut sub, 94 - 64 * 1024 / frame).await;
+    assert_eq!(rest.last(), Some(&D::Seq(99)));
+    producer.await.unwrap();
+    stop(shutdown, task).await;
+}

@@ -223,6 +223,16 @@ impl Resolver {
             .cloned()
     }
 
+    /// Puts an identity known by other means (a document read from a PLC
+    /// export, a benchmark's generated accounts) into the cache, as if it
+    /// had just been resolved: it expires by the TTL like any other entry,
+    /// and a request under way for the DID still overrides it when it
+    /// lands.
+    pub fn prime(&self, identity: Identity) {
+        let mut st = self.inner.lock();
+        st.cache.insert(identity.did.clone(), Arc::new(identity));
+    }
+
     /// Where the DID's document would be fetched from, after all the DID
     /// and method checks.
     pub fn document_url(&self, did: &str) -> Result<String> {
@@ -501,6 +511,28 @@ mod tests {
         fn check_identity<T: Send + Sync>() {}
         check_identity::<Identity>();
         check_identity::<Error>();
+    }
+
+    #[tokio::test]
+    async fn a_primed_identity_is_served_without_a_request_and_expires_by_ttl() {
+        // The PLC URL points nowhere: a request would fail.
+        let r = Resolver::new(ResolverConfig {
+            plc_url: "http://127.0.0.1:9".into(),
+            ttl: Duration::from_secs(60),
+            ..ResolverConfig::default()
+        })
+        .unwrap();
+        let did = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+        r.prime((*identity(did, Duration::ZERO)).clone());
+        let got = r.resolve(did).await.unwrap();
+        assert_eq!(got.did, did);
+        assert!(r.cached(did).is_some());
+        // An entry primed as if resolved long ago is stale: resolve goes to
+        // the network (and fails here).
+        let old = "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb";
+        r.prime((*identity(old, Duration::from_secs(120))).clone());
+        assert!(r.cached(old).is_none());
+        assert!(r.resolve(old).await.is_err());
     }
 
     #[test]

@@ -15,8 +15,9 @@
 mod error;
 pub mod metrics;
 mod mirror;
+mod pool;
 pub mod verify;
 
 pub use error::{Error, Result};
 pub use metrics::Metrics;
-pub use mirror::{Mirror, MirrorConfig, normalize_host};
+pub use mirror::{Durable, Mirror, MirrorConfig, normalize_host};

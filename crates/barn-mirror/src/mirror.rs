@@ -36,13 +36,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use barn_firehose::{
-    AccountEvent, CommitEvent, Delivery, Event, Frame, IdentityEvent, SubscribeConfig, SyncEvent,
-    subscribe,
+    AccountEvent, BytePermit, CommitEvent, Delivery, Event, Frame, IdentityEvent, SubscribeConfig,
+    SyncEvent, subscribe, subscribe_source,
 };
 use barn_identity::{Identity, Resolver};
 use barn_repo::car::{CarLimits, read_car};
@@ -50,18 +50,36 @@ use barn_repo::commit::{Commit, verify_repo};
 use barn_store::{
     Batch, CommitEntry, HostState, Op, OpAction, RepoState, Source, Store, SyncState, now_ms,
 };
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::verify::{CommitInput, Disposition, Head, Rejection, verify_commit};
+use crate::pool::Pool;
+use crate::verify::{
+    CommitInput, Disposition, Head, Rejection, Verified, check_head, check_stale, prepare_commit,
+    verify_commit,
+};
 
 /// Mirror settings.
 #[derive(Debug, Clone)]
 pub struct MirrorConfig {
-    /// Flush a group commit once it holds this many revisions.
+    /// A group commit holds at most this many revisions; with a write
+    /// still under way, intake waits.
     pub group_commit_max: usize,
-    /// Flush a group commit when no frame arrives for this long.
+    /// A group commit holds at most this many bytes of blocks; with a
+    /// write still under way, intake waits.
+    pub group_commit_bytes: usize,
+    /// Verified commits are written as soon as the previous write is done
+    /// and nothing else is ready; while frames keep arriving, no commit
+    /// waits longer than this for its write to start.
     pub group_commit_delay: Duration,
+    /// Threads that verify commits (hashes, signatures, inversions);
+    /// 0 means one per core. Shared by all hosts.
+    pub verify_threads: usize,
+    /// Commits of one host being verified at once, ahead of the one
+    /// being applied.
+    pub pipeline_depth: usize,
     /// Cursor for a host barn has never followed: `Some(0)` replays the
     /// host's whole backlog (each unknown repo is then resynced), `None`
     /// starts live.
@@ -84,7 +102,10 @@ impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
             group_commit_max: 1000,
+            group_commit_bytes: 32 << 20,
             group_commit_delay: Duration::from_millis(5),
+            verify_threads: 0,
+            pipeline_depth: 256,
             new_host_cursor: Some(0),
             max_frame_bytes: 5 << 20,
             queue_bytes: 64 << 20,
@@ -100,6 +121,17 @@ impl Default for MirrorConfig {
 /// hosts are keyed by.
 pub fn normalize_host(url: &str) -> String {
     url.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+/// A group commit became durable.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    /// The host whose events it carried.
+    pub host: String,
+    /// The host's cursor written with it.
+    pub cursor: Option<i64>,
+    /// Revisions it stored.
+    pub revisions: usize,
 }
 
 #[derive(Debug)]
@@ -123,6 +155,8 @@ struct Inner {
     metrics: Metrics,
     hosts: Mutex<HashMap<String, HostEntry>>,
     shutdown: CancellationToken,
+    pool: Pool,
+    durable: broadcast::Sender<Durable>,
 }
 
 /// The running mirror. Cheap to clone.
@@ -145,6 +179,7 @@ impl Mirror {
         config: MirrorConfig,
         metrics: Metrics,
     ) -> Mirror {
+        let config_threads = config.verify_threads;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(300))
             .build()
@@ -158,6 +193,8 @@ impl Mirror {
                 metrics,
                 hosts: Mutex::new(HashMap::new()),
                 shutdown: CancellationToken::new(),
+                pool: Pool::new(config_threads),
+                durable: broadcast::channel(1024).0,
             }),
         }
     }
@@ -182,8 +219,28 @@ impl Mirror {
             entry.whole = true;
             return;
         }
-        let entry = self.inner.spawn_host(&host, true);
+        let entry = self.inner.spawn_host(&host, true, None);
         hosts.insert(host, entry);
+    }
+
+    /// Tracks every repo of `host`, reading its event stream from `source`
+    /// (binary `subscribeRepos` messages) instead of a websocket: replays
+    /// of recorded streams, and benchmarks. The task ends when `source`
+    /// closes; a host already tracked is left as it is.
+    pub fn track_host_source(&self, host: &str, source: mpsc::Receiver<Bytes>) {
+        let host = normalize_host(host);
+        let mut hosts = self.inner.lock_hosts();
+        if hosts.contains_key(&host) {
+            return;
+        }
+        let entry = self.inner.spawn_host(&host, true, Some(source));
+        hosts.insert(host, entry);
+    }
+
+    /// Notices of group commits becoming durable, for every host. A
+    /// receiver that falls more than 1024 notices behind loses the oldest.
+    pub fn subscribe_durable(&self) -> broadcast::Receiver<Durable> {
+        self.inner.durable.subscribe()
     }
 
     /// Stops intake, flushes every host's group commit and cursor, and
@@ -218,7 +275,12 @@ impl Inner {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn spawn_host(self: &Arc<Self>, host: &str, whole: bool) -> HostEntry {
+    fn spawn_host(
+        self: &Arc<Self>,
+        host: &str,
+        whole: bool,
+        source: Option<mpsc::Receiver<Bytes>>,
+    ) -> HostEntry {
         let (tx, rx) = mpsc::unbounded_channel();
         let accounts = Arc::new(Mutex::new(HashSet::new()));
         let inner = self.clone();
@@ -226,7 +288,7 @@ impl Inner {
         let task_accounts = accounts.clone();
         let task = tokio::spawn(async move {
             let h = task_host.clone();
-            if let Err(e) = run_host(inner.clone(), task_host, task_accounts, rx).await {
+            if let Err(e) = run_host(inner.clone(), task_host, task_accounts, rx, source).await {
                 inner.metrics.host_failed(&h, e.reason());
                 tracing::error!(host = %h, error = %e, "host task stopped");
             }
@@ -247,7 +309,7 @@ impl Inner {
         let entry = match hosts.get_mut(&host) {
             Some(e) => e,
             None => {
-                let e = self.spawn_host(&host, false);
+                let e = self.spawn_host(&host, false, None);
                 hosts.entry(host.clone()).or_insert(e)
             }
         };
@@ -284,6 +346,12 @@ struct Pending {
     received: Vec<Instant>,
     /// Repos whose host changed in this batch: (did, new host).
     moves: Vec<(String, String)>,
+    /// The byte budget of the frames whose effects are in the batch:
+    /// released only once the batch is durable, so the subscription's
+    /// budget bounds every frame received but not yet durable.
+    permits: Vec<BytePermit>,
+    /// Block bytes in the batch.
+    bytes: usize,
 }
 
 impl Pending {
@@ -296,6 +364,8 @@ impl Pending {
             first_at: None,
             received: Vec::new(),
             moves: Vec::new(),
+            permits: Vec::new(),
+            bytes: 0,
         }
     }
 
@@ -308,13 +378,62 @@ impl Pending {
         self.overlay.insert(did.to_owned(), state);
         self.first_at.get_or_insert_with(Instant::now);
     }
+
+    fn put_block(&mut self, cid: cid::Cid, data: Bytes) {
+        self.bytes += data.len();
+        self.batch.put_block(cid, data);
+    }
 }
+
+/// A group commit being written.
+struct Writing {
+    task: JoinHandle<barn_store::Result<()>>,
+    /// The repo states it writes, still visible to the checks of later
+    /// commits until it is durable.
+    overlay: HashMap<String, RepoState>,
+    received: Vec<Instant>,
+    moves: Vec<(String, String)>,
+    permits: Vec<BytePermit>,
+    revisions: usize,
+    cursor: Option<i64>,
+    started: Instant,
+}
+
+/// A `#commit` on its way through verification.
+struct Checking {
+    input: Arc<CommitInput>,
+    seq: i64,
+    /// Host authority, looked up at intake: `None` when the DID did not
+    /// resolve.
+    authority: Option<(bool, Arc<Identity>)>,
+    /// The verification job; `None` when there was nothing to verify (not
+    /// this host's, or stale at intake).
+    job: Option<tokio::sync::oneshot::Receiver<std::result::Result<Verified, Rejection>>>,
+}
+
+/// A frame in stream order, with what verification found.
+struct Ready {
+    frame: Frame,
+    received: Instant,
+    permit: BytePermit,
+    checked: Option<Checked>,
+}
+
+struct Checked {
+    input: Arc<CommitInput>,
+    authority: Option<(bool, Arc<Identity>)>,
+    /// `None`: not verified (see [`Checking::job`]).
+    result: Option<std::result::Result<Verified, Rejection>>,
+}
+
+type InFlight = FuturesOrdered<futures_util::future::BoxFuture<'static, Ready>>;
 
 struct HostTask {
     inner: Arc<Inner>,
     host: String,
     accounts: Arc<Mutex<HashSet<String>>>,
     pending: Pending,
+    writing: Option<Writing>,
     resyncs: VecDeque<(String, Source, String)>,
     last_resync: HashMap<String, Instant>,
     /// Resyncs put off: asked for within `resync_retry` of the repo's
@@ -328,6 +447,7 @@ async fn run_host(
     host: String,
     accounts: Arc<Mutex<HashSet<String>>>,
     mut control: mpsc::UnboundedReceiver<Control>,
+    source: Option<mpsc::Receiver<Bytes>>,
 ) -> Result<()> {
     let stored = inner.store.host(&host)?;
     let cursor = match &stored {
@@ -342,7 +462,10 @@ async fn run_host(
     cfg.backoff_min = inner.config.backoff_min;
     cfg.metrics = inner.metrics.firehose.clone();
     let shutdown = inner.shutdown.child_token();
-    let (mut sub, sub_task) = subscribe(cfg, shutdown.clone());
+    let (mut sub, sub_task) = match source {
+        Some(source) => subscribe_source(cfg, source, shutdown.clone()),
+        None => subscribe(cfg, shutdown.clone()),
+    };
     tracing::info!(%host, ?cursor, "following host");
 
     let mut task = HostTask {
@@ -350,6 +473,7 @@ async fn run_host(
         host: host.clone(),
         accounts,
         pending: Pending::new(stored.and_then(|h| h.cursor)),
+        writing: None,
         resyncs: VecDeque::new(),
         last_resync: HashMap::new(),
         deferred: HashMap::new(),
@@ -364,7 +488,14 @@ async fn run_host(
     }
     task.drain_resyncs().await?;
 
+    // The pipeline: frames enter `in_flight` in stream order, commits are
+    // verified on the pool meanwhile, and come out in the same order to be
+    // checked against the head and applied to the pending batch; the
+    // pending batch is written while the next one fills.
+    let mut in_flight: InFlight = FuturesOrdered::new();
+    let depth = inner.config.pipeline_depth.max(1);
     let delay = inner.config.group_commit_delay;
+    let mut source_done = false;
     loop {
         let retry_at = task.next_retry();
         let retry = async move {
@@ -373,34 +504,53 @@ async fn run_host(
                 None => std::future::pending().await,
             }
         };
-        let next = if task.pending.is_empty() {
-            tokio::select! {
-                d = sub.recv() => Some(d),
-                c = control.recv() => { if let Some(c) = c { task.control(c) } None }
-                _ = retry => { task.promote_due(); None }
-                _ = shutdown.cancelled() => break,
+        // A full batch waits for the write under way before taking more.
+        let full = task.pending.batch.revisions() >= inner.config.group_commit_max
+            || task.pending.bytes >= inner.config.group_commit_bytes;
+        let blocked = full && task.writing.is_some();
+        let can_write = task.writing.is_none() && !task.pending.is_empty();
+        let due = task
+            .pending
+            .first_at
+            .map_or_else(tokio::time::Instant::now, |t| (t + delay).into());
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            r = wait_write(&mut task.writing), if task.writing.is_some() => {
+                task.finish_write(r)?;
             }
-        } else {
-            tokio::select! {
-                d = sub.recv() => Some(d),
-                c = control.recv() => { if let Some(c) = c { task.control(c) } None }
-                _ = tokio::time::sleep(delay) => { task.flush().await?; None }
-                _ = retry => { task.promote_due(); None }
-                _ = shutdown.cancelled() => break,
+            _ = async {}, if can_write && (full || due <= tokio::time::Instant::now()) => {
+                task.start_write();
             }
-        };
-        if let Some(delivery) = next {
-            let Some(delivery) = delivery else { break };
-            task.deliver(delivery).await?;
-            if task.pending.batch.revisions() >= inner.config.group_commit_max {
-                task.flush().await?;
+            ready = in_flight.next(), if !in_flight.is_empty() && !blocked => {
+                if let Some(ready) = ready {
+                    task.complete(ready).await?;
+                }
             }
+            d = sub.recv(), if !source_done && in_flight.len() < depth && !blocked => {
+                match d {
+                    Some(d) => task.intake(d, &mut in_flight).await?,
+                    None => source_done = true,
+                }
+            }
+            c = control.recv() => { if let Some(c) = c { task.control(c) } }
+            _ = retry => task.promote_due(),
+            // Nothing else is ready and the disk is free: write now.
+            _ = async {}, if can_write => task.start_write(),
         }
-        if task.pending.is_empty() && !task.resyncs.is_empty() {
+        if source_done && in_flight.is_empty() && task.pending.is_empty() && task.writing.is_none()
+        {
+            // A finite source (a replay) is fully applied.
+            break;
+        }
+        if task.pending.is_empty() && task.writing.is_none() && !task.resyncs.is_empty() {
             task.drain_resyncs().await?;
         }
     }
     // Graceful stop: what was verified becomes durable with its cursor.
+    // Frames still being verified are not covered by the cursor; they
+    // come again after a restart.
+    drop(in_flight);
     task.flush().await?;
     shutdown.cancel();
     let _ = sub_task.await;
@@ -418,12 +568,45 @@ impl HostTask {
         }
     }
 
-    async fn deliver(&mut self, delivery: Delivery) -> Result<()> {
+    /// Takes one delivery from the subscription: frames join the ordered
+    /// pipeline (a tracked commit with its verification started), the
+    /// rest is logged at once.
+    async fn intake(&mut self, delivery: Delivery, in_flight: &mut InFlight) -> Result<()> {
         match delivery {
             Delivery::Frame { frame, permit, .. } => {
                 let received = Instant::now();
-                self.frame(frame, received).await?;
-                drop(permit);
+                let checking = match &frame.event {
+                    Event::Commit(ev) => self.start_check(ev).await?,
+                    _ => None,
+                };
+                in_flight.push_back(Box::pin(async move {
+                    let checked = match checking {
+                        None => None,
+                        Some(c) => {
+                            let result = match c.job {
+                                None => None,
+                                Some(job) => Some(job.await.unwrap_or_else(|_| {
+                                    Err(Rejection {
+                                        reason: "verifier_panicked",
+                                        detail: format!("verifying seq {} panicked", c.seq),
+                                        disposition: Disposition::Desync,
+                                    })
+                                })),
+                            };
+                            Some(Checked {
+                                input: c.input,
+                                authority: c.authority,
+                                result,
+                            })
+                        }
+                    };
+                    Ready {
+                        frame,
+                        received,
+                        permit,
+                        checked,
+                    }
+                }));
             }
             Delivery::Connected { cursor } => {
                 tracing::info!(host = %self.host, ?cursor, "connected")
@@ -442,11 +625,54 @@ impl HostTask {
         Ok(())
     }
 
-    async fn frame(&mut self, frame: Frame, received: Instant) -> Result<()> {
+    /// For a commit of a tracked repo: looks up host authority and, when
+    /// this host holds the repo and the rev is new, starts verifying the
+    /// commit on the pool. Everything that depends on barn's head is
+    /// decided later, in stream order.
+    async fn start_check(&mut self, ev: &CommitEvent) -> Result<Option<Checking>> {
+        if !self.tracks(&ev.repo) {
+            return Ok(None);
+        }
+        let input = Arc::new(commit_input(ev));
+        let authority = self.authority(&ev.repo).await?;
+        let mut job = None;
+        if let Some((true, id)) = &authority {
+            let head = self.state(&ev.repo)?.as_ref().and_then(head_of);
+            if check_stale(&input, head.as_ref()).is_ok() {
+                let input = input.clone();
+                let key = id.signing_key.clone();
+                let now = now_ms().saturating_mul(1000);
+                job = Some(
+                    self.inner
+                        .pool
+                        .run(move || prepare_commit(&input, &key, now)),
+                );
+            }
+        }
+        Ok(Some(Checking {
+            input,
+            seq: ev.seq,
+            authority,
+            job,
+        }))
+    }
+
+    /// Applies the next frame in stream order.
+    async fn complete(&mut self, ready: Ready) -> Result<()> {
+        let Ready {
+            frame,
+            received,
+            permit,
+            checked,
+        } = ready;
         let seq = frame.seq;
         self.inner.metrics.event(&self.host, frame.event.label());
         match frame.event {
-            Event::Commit(ev) => self.commit(ev, received).await?,
+            Event::Commit(ev) => {
+                if let Some(checked) = checked {
+                    self.commit(ev.seq, checked, received).await?
+                }
+            }
             Event::Sync(ev) => self.sync(ev).await?,
             Event::Identity(ev) => self.identity(ev).await?,
             Event::Account(ev) => self.account(ev).await?,
@@ -467,6 +693,7 @@ impl HostTask {
             self.pending.cursor_dirty = true;
             self.pending.first_at.get_or_insert_with(Instant::now);
         }
+        self.pending.permits.push(permit);
         Ok(())
     }
 
@@ -474,8 +701,13 @@ impl HostTask {
         self.inner.tracks(&self.host, &self.accounts, did)
     }
 
+    /// The repo's state as the next commit must see it: the pending
+    /// batch, then the batch being written, then the store.
     fn state(&self, did: &str) -> Result<Option<RepoState>> {
         if let Some(s) = self.pending.overlay.get(did) {
+            return Ok(Some(s.clone()));
+        }
+        if let Some(s) = self.writing.as_ref().and_then(|w| w.overlay.get(did)) {
             return Ok(Some(s.clone()));
         }
         Ok(self.inner.store.repo(did)?)
@@ -592,8 +824,15 @@ impl HostTask {
         }
     }
 
-    async fn commit(&mut self, ev: CommitEvent, received: Instant) -> Result<()> {
-        let did = ev.repo.clone();
+    /// A tracked `#commit`, in stream order, with what intake and the
+    /// pool found.
+    async fn commit(&mut self, seq: i64, checked: Checked, received: Instant) -> Result<()> {
+        let Checked {
+            input,
+            authority,
+            result,
+        } = checked;
+        let did = input.repo.clone();
         if !self.tracks(&did) {
             return Ok(());
         }
@@ -604,14 +843,7 @@ impl HostTask {
             self.inner.metrics.verify_failed(&self.host, "wrong_host");
             return Ok(());
         }
-        let head = match (&state.rev, state.head, state.data) {
-            (Some(rev), Some(cid), Some(data)) => Some(Head {
-                rev: rev.clone(),
-                cid,
-                data,
-            }),
-            _ => None,
-        };
+        let head = head_of(&state);
         if state.sync == SyncState::Desynchronized && head.is_some() {
             // Waiting for a resync; it will bring this commit's content.
             self.inner
@@ -621,7 +853,7 @@ impl HostTask {
             self.queue_resync(&did, Source::Resync, &reason);
             return Ok(());
         }
-        let Some((here, id)) = self.authority(&did).await? else {
+        let Some((here, id)) = authority else {
             self.desync(&did, state, "identity_unavailable", Source::Resync);
             return Ok(());
         };
@@ -632,31 +864,14 @@ impl HostTask {
             }
             return Ok(());
         }
-        let input = CommitInput {
-            repo: did.clone(),
-            rev: ev.rev.clone(),
-            since: ev.since.clone(),
-            commit: ev.commit,
-            blocks: ev.blocks.clone(),
-            ops: ev
-                .ops
-                .iter()
-                .map(|op| Op {
-                    action: match op.action {
-                        barn_firehose::OpAction::Create => OpAction::Create,
-                        barn_firehose::OpAction::Update => OpAction::Update,
-                        barn_firehose::OpAction::Delete => OpAction::Delete,
-                    },
-                    path: op.path.clone(),
-                    cid: op.cid,
-                    prev: op.prev,
-                })
-                .collect(),
-            prev_data: ev.prev_data,
-            too_big: ev.too_big,
-        };
         let now = now_ms().saturating_mul(1000);
-        let mut result = verify_commit(&input, &id.signing_key, head.as_ref(), now);
+        let mut result = match result {
+            Some(Ok(v)) => check_head(&input, head.as_ref(), &v).map(|()| v),
+            Some(Err(r)) => Err(r),
+            // Stale at intake (the head only moves forward, so it still is),
+            // or, should it not be, verified here in full.
+            None => verify_commit(&input, &id.signing_key, head.as_ref(), now),
+        };
         if let Err(r) = &result
             && r.disposition == Disposition::RetryWithFreshKey
         {
@@ -679,7 +894,7 @@ impl HostTask {
 
         // Apply into the pending batch.
         for (cid, data) in verified.blocks.iter() {
-            self.pending.batch.put_block(*cid, data.clone());
+            self.pending.put_block(*cid, data.clone());
         }
         for op in &input.ops {
             self.pending.batch.set_record(&did, &op.path, op.cid);
@@ -693,14 +908,14 @@ impl HostTask {
                 since: input.since.clone(),
                 seen_at_ms: now_ms(),
                 source: Source::Firehose,
-                seq: Some(ev.seq),
+                seq: Some(seq),
                 host: self.host.clone(),
-                ops: input.ops,
+                ops: input.ops.clone(),
                 reason: None,
             },
         );
         let mut state = state;
-        state.advance(input.commit, input.rev, verified.commit.data);
+        state.advance(input.commit, input.rev.clone(), verified.commit.data);
         self.pending.set_repo(&did, state);
         self.pending.received.push(received);
         self.inner.metrics.applied(&self.host);
@@ -841,35 +1056,85 @@ impl HostTask {
         Ok(())
     }
 
-    /// Makes the pending batch durable, with the cursor.
-    async fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Starts writing the pending batch, with the cursor (the caller
+    /// makes sure no write is under way).
+    fn start_write(&mut self) {
+        if self.pending.is_empty() || self.writing.is_some() {
+            return;
         }
         let cursor = self.pending.cursor;
-        let mut pending = std::mem::replace(&mut self.pending, Pending::new(cursor));
-        pending.batch.set_host(
+        let pending = std::mem::replace(&mut self.pending, Pending::new(cursor));
+        let mut batch = pending.batch;
+        batch.set_host(
             &self.host,
             HostState {
                 cursor: pending.cursor,
                 last_event_ms: now_ms(),
             },
         );
-        let revisions = pending.batch.revisions();
-        let t = Instant::now();
-        write(&self.inner.store, pending.batch).await?;
+        let revisions = batch.revisions();
+        let store = self.inner.store.clone();
+        let task = tokio::task::spawn_blocking(move || store.write(batch));
+        self.writing = Some(Writing {
+            task,
+            overlay: pending.overlay,
+            received: pending.received,
+            moves: pending.moves,
+            permits: pending.permits,
+            revisions,
+            cursor: pending.cursor,
+            started: Instant::now(),
+        });
+    }
+
+    /// The write under way ended: count it, release its frames' budget,
+    /// hand moved repos over, and announce it.
+    fn finish_write(
+        &mut self,
+        r: std::result::Result<barn_store::Result<()>, tokio::task::JoinError>,
+    ) -> Result<()> {
+        let Some(w) = self.writing.take() else {
+            return Ok(());
+        };
+        r.map_err(|e| Error::Task(e.to_string()))??;
         let durable = Instant::now();
-        self.inner.metrics.group_commit(revisions, durable - t);
-        for r in pending.received {
+        self.inner
+            .metrics
+            .group_commit(w.revisions, durable - w.started);
+        for r in w.received {
             self.inner.metrics.latency(durable - r);
         }
-        for (did, host) in pending.moves {
+        drop(w.permits);
+        for (did, host) in w.moves {
             self.inner.follow(&host, &did, true);
+        }
+        let _ = self.inner.durable.send(Durable {
+            host: self.host.clone(),
+            cursor: w.cursor,
+            revisions: w.revisions,
+        });
+        Ok(())
+    }
+
+    /// Waits for the write under way, if any.
+    async fn settle(&mut self) -> Result<()> {
+        if self.writing.is_some() {
+            let r = wait_write(&mut self.writing).await;
+            self.finish_write(r)?;
         }
         Ok(())
     }
 
+    /// Makes everything applied so far durable, with the cursor.
+    async fn flush(&mut self) -> Result<()> {
+        self.settle().await?;
+        self.start_write();
+        self.settle().await
+    }
+
     async fn drain_resyncs(&mut self) -> Result<()> {
+        // Resyncs read the store: everything before them must be in it.
+        self.flush().await?;
         while let Some((did, source, reason)) = self.resyncs.pop_front() {
             self.last_resync.insert(did.clone(), Instant::now());
             self.deferred.remove(&did);
@@ -890,6 +1155,55 @@ impl HostTask {
             }
         }
         Ok(())
+    }
+}
+
+/// The write under way, as a future (pending forever when there is none).
+async fn wait_write(
+    writing: &mut Option<Writing>,
+) -> std::result::Result<barn_store::Result<()>, tokio::task::JoinError> {
+    match writing {
+        Some(w) => (&mut w.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// barn's head of a repo, if it holds a revision.
+fn head_of(state: &RepoState) -> Option<Head> {
+    match (&state.rev, state.head, state.data) {
+        (Some(rev), Some(cid), Some(data)) => Some(Head {
+            rev: rev.clone(),
+            cid,
+            data,
+        }),
+        _ => None,
+    }
+}
+
+/// The fields of a `#commit` that verification needs.
+fn commit_input(ev: &CommitEvent) -> CommitInput {
+    CommitInput {
+        repo: ev.repo.clone(),
+        rev: ev.rev.clone(),
+        since: ev.since.clone(),
+        commit: ev.commit,
+        blocks: ev.blocks.clone(),
+        ops: ev
+            .ops
+            .iter()
+            .map(|op| Op {
+                action: match op.action {
+                    barn_firehose::OpAction::Create => OpAction::Create,
+                    barn_firehose::OpAction::Update => OpAction::Update,
+                    barn_firehose::OpAction::Delete => OpAction::Delete,
+                },
+                path: op.path.clone(),
+                cid: op.cid,
+                prev: op.prev,
+            })
+            .collect(),
+        prev_data: ev.prev_data,
+        too_big: ev.too_big,
     }
 }
 

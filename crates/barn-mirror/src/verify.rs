@@ -71,6 +71,8 @@ pub struct Verified {
     pub commit: Commit,
     /// Every block the event carried, hash-checked.
     pub blocks: BlockMap,
+    /// The MST root the ops invert to: what `prevData` must be.
+    pub inverted: Cid,
 }
 
 /// What to do with a commit that failed.
@@ -123,25 +125,26 @@ pub fn empty_node_bytes() -> Vec<u8> {
 
 /// Verifies `input` signed by `key` against barn's `head` (`None`: barn
 /// holds nothing of this repo). `now_micros` is the wall clock.
+///
+/// The same as [`check_stale`], then [`prepare_commit`], then
+/// [`check_head`]; the live path runs the middle step, the expensive one,
+/// on worker threads.
 pub fn verify_commit(
     input: &CommitInput,
     key: &PublicKey,
     head: Option<&Head>,
     now_micros: u64,
 ) -> Result<Verified, Rejection> {
-    use Disposition::*;
-    if input.too_big {
-        return Err(reject(
-            "too_big",
-            Desync,
-            "tooBig commit: ops are incomplete",
-        ));
-    }
-    // Stale or duplicate: cheap checks first, no decoding.
-    let tid: Tid = input
-        .rev
-        .parse()
-        .map_err(|e| reject("bad_rev", Desync, format!("rev {}: {e}", input.rev)))?;
+    check_stale(input, head)?;
+    let verified = prepare_commit(input, key, now_micros)?;
+    check_head(input, head, &verified)?;
+    Ok(verified)
+}
+
+/// The cheap check that needs no decoding: a rev at or below barn's head
+/// is a replay (`duplicate`) or stale (`rev_not_increasing`), dropped
+/// quietly.
+pub fn check_stale(input: &CommitInput, head: Option<&Head>) -> Result<(), Rejection> {
     if let Some(head) = head
         && input.rev.as_str() <= head.rev.as_str()
     {
@@ -152,10 +155,35 @@ pub fn verify_commit(
         };
         return Err(reject(
             what,
-            Ignore,
+            Disposition::Ignore,
             format!("rev {} is not after barn's {}", input.rev, head.rev),
         ));
     }
+    Ok(())
+}
+
+/// Every check of the commit against itself, none against barn's state:
+/// the blocks' hashes, the commit's DID and rev, the signature, a rev not
+/// from the future, the record blocks of the ops; and the inversion of the
+/// ops ([`Verified::inverted`], compared by [`check_head`]). Safe to run
+/// for many commits at once, in any order: this is the expensive part.
+pub fn prepare_commit(
+    input: &CommitInput,
+    key: &PublicKey,
+    now_micros: u64,
+) -> Result<Verified, Rejection> {
+    use Disposition::*;
+    if input.too_big {
+        return Err(reject(
+            "too_big",
+            Desync,
+            "tooBig commit: ops are incomplete",
+        ));
+    }
+    let tid: Tid = input
+        .rev
+        .parse()
+        .map_err(|e| reject("bad_rev", Desync, format!("rev {}: {e}", input.rev)))?;
     if tid.timestamp_micros() > now_micros.saturating_add(MAX_FUTURE_MICROS) {
         return Err(reject(
             "rev_in_future",
@@ -195,38 +223,6 @@ pub fn verify_commit(
         return Err(reject("bad_signature", RetryWithFreshKey, e.to_string()));
     }
 
-    // Against barn's head.
-    match head {
-        Some(head) => {
-            if input.since.as_deref() != Some(head.rev.as_str()) {
-                return Err(reject(
-                    "since_mismatch",
-                    Desync,
-                    format!("since {:?}, barn holds {}", input.since, head.rev),
-                ));
-            }
-            if input.prev_data != Some(head.data) {
-                return Err(reject(
-                    "prev_data_mismatch",
-                    Desync,
-                    format!(
-                        "prevData {:?}, barn holds {}",
-                        input.prev_data.map(|c| c.to_string()),
-                        head.data
-                    ),
-                ));
-            }
-        }
-        None if input.since.is_some() || input.prev_data.is_some() => {
-            return Err(reject(
-                "unknown_repo",
-                Desync,
-                "barn holds no earlier revision",
-            ));
-        }
-        None => {}
-    }
-
     // Record blocks for creates and updates must be there.
     for op in &input.ops {
         if let Some(cid) = op.cid
@@ -240,7 +236,7 @@ pub fn verify_commit(
         }
     }
 
-    // Inversion proves prevData.
+    // Inversion proves the event's prevData.
     let ops: Vec<RecordOp> = input
         .ops
         .iter()
@@ -255,17 +251,72 @@ pub fn verify_commit(
             prev: op.prev,
         })
         .collect();
-    let before = invert_ops(&blocks, &commit.data, &ops)
+    let inverted = invert_ops(&blocks, &commit.data, &ops)
         .map_err(|e| reject("inversion_failed", Desync, e.to_string()))?;
+    Ok(Verified {
+        commit,
+        blocks,
+        inverted,
+    })
+}
+
+/// The checks against barn's head, for a commit [`prepare_commit`] passed:
+/// not stale, `since` is barn's head rev, `prevData` is barn's head MST
+/// root, and the ops invert to it (so the commit provably follows barn's
+/// copy); a repo barn holds nothing of takes only a genesis commit, whose
+/// ops invert to the empty tree.
+///
+/// The head is compared before the inversion so that a commit after one
+/// barn missed is reported as that (`since` / `prevData`), not as a bad
+/// inversion.
+pub fn check_head(
+    input: &CommitInput,
+    head: Option<&Head>,
+    prepared: &Verified,
+) -> Result<(), Rejection> {
+    check_stale(input, head)?;
+    match head {
+        Some(head) => {
+            if input.since.as_deref() != Some(head.rev.as_str()) {
+                return Err(reject(
+                    "since_mismatch",
+                    Disposition::Desync,
+                    format!("since {:?}, barn holds {}", input.since, head.rev),
+                ));
+            }
+            if input.prev_data != Some(head.data) {
+                return Err(reject(
+                    "prev_data_mismatch",
+                    Disposition::Desync,
+                    format!(
+                        "prevData {:?}, barn holds {}",
+                        input.prev_data.map(|c| c.to_string()),
+                        head.data
+                    ),
+                ));
+            }
+        }
+        None if input.since.is_some() || input.prev_data.is_some() => {
+            return Err(reject(
+                "unknown_repo",
+                Disposition::Desync,
+                "barn holds no earlier revision",
+            ));
+        }
+        None => {}
+    }
     let expected = input.prev_data.unwrap_or_else(empty_root);
-    if before != expected {
+    if prepared.inverted != expected {
         return Err(reject(
             "inversion_mismatch",
-            Desync,
-            format!("ops invert to {before}, prevData is {expected}"),
+            Disposition::Desync,
+            format!(
+                "ops invert to {}, prevData is {expected}",
+                prepared.inverted
+            ),
         ));
     }
-    Ok(Verified { commit, blocks })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -357,11 +408,33 @@ mod tests {
             reason(verify_commit(&input, &pk, Some(&newer_head), now())),
             ("rev_not_increasing", Disposition::Ignore)
         );
+        // A prevData that is not barn's head.
         let mut bad = input.clone();
         bad.prev_data = Some(input.commit);
         assert_eq!(
-            reason(verify_commit(&bad, &pk, Some(&head), now())).0,
-            "prev_data_mismatch"
+            reason(verify_commit(&bad, &pk, Some(&head), now())),
+            ("prev_data_mismatch", Disposition::Desync)
+        );
+        // The stages on their own: the stateless part passes whatever the
+        // head; the head check catches the stale rev and the prevData
+        // that the ops do not invert to.
+        let prepared = prepare_commit(&input, &pk, now()).unwrap();
+        assert_eq!(prepared.inverted, head.data);
+        assert_eq!(
+            check_head(&input, Some(&newer_head), &prepared)
+                .unwrap_err()
+                .reason,
+            "rev_not_increasing"
+        );
+        let mut forged = head.clone();
+        forged.data = input.commit;
+        let mut bad = input.clone();
+        bad.prev_data = Some(input.commit);
+        assert_eq!(
+            check_head(&bad, Some(&forged), &prepared)
+                .unwrap_err()
+                .reason,
+            "inversion_mismatch"
         );
         let mut bad = input.clone();
         bad.since = Some("3m2aaaaaaaa22".into());
