@@ -87,7 +87,14 @@ pub fn read_car(bytes: Bytes, limits: &CarLimits) -> Result<CarFile> {
             limit: limits.max_total_bytes,
         });
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Asking for the core count reads cgroup files (tens of µs): only
+    // when the CAR is big enough to split, and only once.
+    let threads = if bytes.len() >= PARALLEL_MIN_BYTES {
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    } else {
+        1
+    };
     if let Some(car) = read_car_fast(&bytes, limits, threads) {
         return Ok(car);
     }

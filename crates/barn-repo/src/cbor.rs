@@ -293,6 +293,75 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
+    /// Reads one value into the data model, enforcing everything
+    /// [`Decoder::skip_value`] does, in the same single pass.
+    pub(crate) fn read_value(&mut self, depth_left: usize) -> CborResult<crate::data::Value> {
+        use crate::data::Value;
+        let at = self.pos;
+        let (major, info, arg) = self.head()?;
+        Ok(match major {
+            MAJOR_UINT => {
+                if arg > i64::MAX as u64 {
+                    return Err(CborError::IntegerRange(at));
+                }
+                Value::Integer(i128::from(arg))
+            }
+            MAJOR_NEGINT => {
+                if arg > i64::MAX as u64 {
+                    return Err(CborError::IntegerRange(at));
+                }
+                Value::Integer(-1 - i128::from(arg))
+            }
+            MAJOR_BYTES => Value::Bytes(self.take(arg)?.to_vec()),
+            MAJOR_TEXT => {
+                let s = self.take(arg)?;
+                match std::str::from_utf8(s) {
+                    Ok(s) => Value::String(s.to_owned()),
+                    Err(_) => return Err(CborError::Utf8(at)),
+                }
+            }
+            MAJOR_ARRAY => {
+                let depth_left = depth_left.checked_sub(1).ok_or(CborError::TooDeep)?;
+                self.check_count(arg, 1, at)?;
+                let mut list = Vec::with_capacity(arg as usize);
+                for _ in 0..arg {
+                    list.push(self.read_value(depth_left)?);
+                }
+                Value::List(list)
+            }
+            MAJOR_MAP => {
+                let depth_left = depth_left.checked_sub(1).ok_or(CborError::TooDeep)?;
+                self.check_count(arg, 2, at)?;
+                let mut map = std::collections::BTreeMap::new();
+                let mut prev: Option<&[u8]> = None;
+                for _ in 0..arg {
+                    let key_at = self.pos;
+                    let key = self.key_bytes()?;
+                    if let Some(p) = prev {
+                        check_key_order(p, key, key_at)?;
+                    }
+                    prev = Some(key);
+                    let value = self.read_value(depth_left)?;
+                    // key_bytes checked UTF-8.
+                    map.insert(String::from_utf8_lossy(key).into_owned(), value);
+                }
+                Value::Map(map)
+            }
+            MAJOR_TAG => {
+                if arg != TAG_CID {
+                    return Err(CborError::Tag { tag: arg, at });
+                }
+                Value::Link(self.link_payload(at)?)
+            }
+            _ => match info {
+                20 => Value::Bool(false),
+                21 => Value::Bool(true),
+                22 => Value::Null,
+                _ => return Err(CborError::Simple { value: arg, at }),
+            },
+        })
+    }
+
     fn check_count(&self, count: u64, min_item_bytes: u64, at: usize) -> CborResult<()> {
         let remaining = (self.buf.len() - self.pos) as u64;
         if count.saturating_mul(min_item_bytes) > remaining {

@@ -2,9 +2,9 @@
 //! JSON form.
 //!
 //! Values are [`ipld_core::ipld::Ipld`] (re-exported as [`Value`]), decoded
-//! and encoded by serde_ipld_dagcbor. serde_ipld_dagcbor alone is lenient,
-//! so [`decode`] first runs [`crate::cbor::validate`]; a value that passes
-//! re-encodes to the identical bytes, which is what keeps CIDs stable.
+//! by barn's strict decoder (the rules of [`crate::cbor::validate`]) and
+//! encoded by serde_ipld_dagcbor; a value that decodes re-encodes to the
+//! identical bytes, which is what keeps CIDs stable.
 //!
 //! # Tricky bits
 //! - JSON has one number type. `123.0` is an integer in the data model
@@ -35,10 +35,14 @@ const BYTES_B64: GeneralPurpose = GeneralPurpose::new(
 /// The largest integer JSON can carry exactly (2^53).
 const MAX_SAFE_FLOAT_INT: f64 = 9_007_199_254_740_992.0;
 
-/// Decodes one strict DAG-CBOR value.
+/// Decodes one strict DAG-CBOR value: validated and built in one pass by
+/// barn's own decoder (the strictness of [`cbor::validate`], without a
+/// second, generic pass through serde).
 pub fn decode(bytes: &[u8]) -> Result<Value> {
-    cbor::validate(bytes)?;
-    serde_ipld_dagcbor::from_slice(bytes).map_err(|e| Error::Data(e.to_string()))
+    let mut d = cbor::Decoder::new(bytes);
+    let value = d.read_value(cbor::DEFAULT_MAX_DEPTH)?;
+    d.finish()?;
+    Ok(value)
 }
 
 /// Encodes a value as canonical DAG-CBOR. Floats are refused.
