@@ -44,12 +44,17 @@ const SEP: u8 = 0;
 pub struct StoreOptions {
     /// Block cache size in bytes.
     pub cache_bytes: u64,
+    /// Largest memtable of one keyspace before it is flushed to disk
+    /// (fjall's default, 64 MiB, is a lot of memory for each of six
+    /// keyspaces).
+    pub memtable_bytes: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_bytes: 256 << 20,
+            memtable_bytes: 32 << 20,
         }
     }
 }
@@ -117,7 +122,12 @@ impl Store {
             // Durability is ours to decide: one fsync per group commit.
             .manual_journal_persist(true)
             .open()?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let memtable = opts.memtable_bytes;
+        let ks = |name: &str| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(memtable)
+            })
+        };
         let events = ks("events")?;
         let next_event = match events.last_key_value() {
             Some(guard) => {
