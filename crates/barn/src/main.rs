@@ -13,6 +13,13 @@ use barn_repo::commit::verify_repo;
 use barn_repo::crypto::PublicKey;
 use clap::{Parser, Subcommand};
 
+// The live path allocates many small, short-lived objects on several
+// threads (decoded frames, MST nodes, batch entries); glibc's allocator
+// spent about a fifth of the ingest benchmark's time on them
+// (benches/README.md, "ingest").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "barn",
