@@ -10,6 +10,8 @@
 //! median of the measured samples and the ratios between contenders, all
 //! from the same process and the same run.
 
+pub mod firehose;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
