@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cid::Cid;
+use fjall::config::CompressionPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -34,10 +35,17 @@ use barn_repo::blocks::Recording;
 use barn_repo::car::CarWriter;
 use barn_repo::mst::MstWalker;
 
+use crate::codec::{BlockCodec, Codec};
 use crate::error::{Error, Result};
 use crate::model::{CommitEntry, HostState, RepoState};
 
 const SEP: u8 = 0;
+
+/// The on-disk format this code writes (`meta` key `format`). Format 1:
+/// block values carry a codec header (see the `codec` module).
+const FORMAT: u8 = 1;
+const META_FORMAT: &[u8] = b"format";
+const META_DICT: &[u8] = b"dict";
 
 /// Options for [`Store::open`].
 #[derive(Debug, Clone)]
@@ -45,9 +53,16 @@ pub struct StoreOptions {
     /// Block cache size in bytes.
     pub cache_bytes: u64,
     /// Largest memtable of one keyspace before it is flushed to disk
-    /// (fjall's default, 64 MiB, is a lot of memory for each of six
+    /// (fjall's default, 64 MiB, is a lot of memory for each of seven
     /// keyspaces).
     pub memtable_bytes: u64,
+    /// How block values are encoded (new writes only; every stored value
+    /// names its codec).
+    pub blocks: BlockCodec,
+    /// fjall's own LZ4 compression of the `blocks` keyspace's data blocks
+    /// (fjall's default policy: levels 2 and below). Fixed when the store
+    /// is created; ignored when opening an existing one.
+    pub blocks_lz4: bool,
 }
 
 impl Default for StoreOptions {
@@ -55,6 +70,8 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 256 << 20,
             memtable_bytes: 32 << 20,
+            blocks: BlockCodec::Raw,
+            blocks_lz4: true,
         }
     }
 }
@@ -62,6 +79,8 @@ impl Default for StoreOptions {
 /// barn's on-disk state.
 pub struct Store {
     db: Database,
+    codec: Codec,
+    meta: Keyspace,
     blocks: Keyspace,
     repos: Keyspace,
     commits: Keyspace,
@@ -89,6 +108,12 @@ fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
         what,
         detail: e.to_string(),
     })
+}
+
+fn dict_key(id: u8) -> Vec<u8> {
+    let mut k = META_DICT.to_vec();
+    k.push(id);
+    k
 }
 
 fn key2(a: &str, b: &str) -> Vec<u8> {
@@ -128,6 +153,56 @@ impl Store {
                 KeyspaceCreateOptions::default().max_memtable_size(memtable)
             })
         };
+        let blocks = db.keyspace("blocks", || {
+            let o = KeyspaceCreateOptions::default().max_memtable_size(memtable);
+            if opts.blocks_lz4 {
+                o
+            } else {
+                o.data_block_compression_policy(CompressionPolicy::disabled())
+            }
+        })?;
+        let meta = ks("meta")?;
+        match meta.get(META_FORMAT)? {
+            Some(v) if v.as_ref() == [FORMAT] => {}
+            Some(v) => {
+                return Err(Error::Corrupt {
+                    what: "store format",
+                    detail: format!("{:?} (this barn reads {FORMAT})", v.as_ref()),
+                });
+            }
+            None if blocks.first_key_value().is_some() => {
+                return Err(Error::Corrupt {
+                    what: "store format",
+                    detail: "written before block values had a codec header; \
+                             re-sync into an empty directory"
+                        .into(),
+                });
+            }
+            None => {
+                meta.insert(META_FORMAT, [FORMAT])?;
+            }
+        }
+        let mut stored = Vec::new();
+        for guard in meta.prefix(META_DICT) {
+            let (k, v) = guard.into_inner()?;
+            match k.as_ref() {
+                [.., id] if k.len() == META_DICT.len() + 1 => stored.push((*id, v.to_vec())),
+                _ => {
+                    return Err(Error::Corrupt {
+                        what: "meta key",
+                        detail: format!("{:?}", k.as_ref()),
+                    });
+                }
+            }
+        }
+        let (codec, persist) = Codec::new(&opts.blocks, stored)?;
+        if let Some((id, bytes)) = persist {
+            meta.insert(dict_key(id), bytes.as_ref())?;
+        }
+        db.persist(PersistMode::SyncAll)?;
+        if let Some(dict) = codec.unpersisted() {
+            codec.persisted(&dict);
+        }
         let events = ks("events")?;
         let next_event = match events.last_key_value() {
             Some(guard) => {
@@ -141,7 +216,9 @@ impl Store {
             None => 1,
         };
         Ok(Store {
-            blocks: ks("blocks")?,
+            codec,
+            meta,
+            blocks,
             repos: ks("repos")?,
             commits: ks("commits")?,
             records: ks("records")?,
@@ -159,9 +236,16 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
+        self.codec.observe(batch.blocks.values().map(Bytes::as_ref));
         let mut wb = self.db.batch().durability(Some(PersistMode::SyncData));
+        // A dictionary goes into the same atomic batch as the first values
+        // that need it (and into every batch until one of them commits).
+        let dict = self.codec.unpersisted();
+        if let Some(d) = &dict {
+            wb.insert(&self.meta, dict_key(d.id), d.bytes.as_ref());
+        }
         for (cid, data) in &batch.blocks {
-            wb.insert(&self.blocks, cid.to_bytes(), data.as_ref());
+            wb.insert(&self.blocks, cid.to_bytes(), self.codec.encode(data));
         }
         for (did, entry) in &batch.commits {
             wb.insert(&self.commits, key2(did, &entry.rev), encode(entry));
@@ -186,6 +270,9 @@ impl Store {
             wb.insert(&self.hosts, host.as_bytes(), encode(state));
         }
         wb.commit()?;
+        if let Some(d) = &dict {
+            self.codec.persisted(d);
+        }
         crate::metrics::record_batch(&batch);
         Ok(())
     }
@@ -221,9 +308,36 @@ impl Store {
 
     /// A block by CID.
     pub fn block(&self, cid: &Cid) -> Result<Option<Bytes>> {
-        Ok(self
-            .blocks
+        self.blocks
             .get(cid.to_bytes())?
+            .map(|v| self.codec.decode(&v))
+            .transpose()
+    }
+
+    /// The stored form of a block under this store's codec: what
+    /// [`Store::write`] puts in the `blocks` keyspace. For tools and
+    /// benchmarks; it writes nothing.
+    pub fn encode_block_value(&self, block: &[u8]) -> Vec<u8> {
+        self.codec.encode(block)
+    }
+
+    /// The block a stored value holds (the inverse of
+    /// [`Store::encode_block_value`]).
+    pub fn decode_block_value(&self, value: &[u8]) -> Result<Bytes> {
+        self.codec.decode(value)
+    }
+
+    /// The number of the zstd dictionary new block values are compressed
+    /// with, if any.
+    pub fn active_dictionary(&self) -> Option<u8> {
+        self.codec.active_dictionary()
+    }
+
+    /// A stored dictionary by number.
+    pub fn dictionary(&self, id: u8) -> Result<Option<Bytes>> {
+        Ok(self
+            .meta
+            .get(dict_key(id))?
             .map(|v| Bytes::copy_from_slice(&v)))
     }
 
@@ -325,9 +439,52 @@ impl Store {
         Ok(w.finish().map_err(barn_repo::Error::Io)?)
     }
 
-    /// Bytes on disk, all keyspaces.
+    /// Bytes on disk, all keyspaces and the journal.
     pub fn disk_space(&self) -> Result<u64> {
         Ok(self.db.disk_space()?)
+    }
+
+    /// Bytes on disk per keyspace (tables only), then `journal`.
+    pub fn disk_space_by_keyspace(&self) -> Result<Vec<(&'static str, u64)>> {
+        let mut out: Vec<(&'static str, u64)> = self
+            .keyspaces()
+            .iter()
+            .map(|(name, ks)| (*name, ks.disk_space()))
+            .collect();
+        out.push(("journal", self.db.journal_disk_space()?));
+        Ok(out)
+    }
+
+    fn keyspaces(&self) -> [(&'static str, &Keyspace); 7] {
+        [
+            ("blocks", &self.blocks),
+            ("commits", &self.commits),
+            ("records", &self.records),
+            ("repos", &self.repos),
+            ("hosts", &self.hosts),
+            ("events", &self.events),
+            ("meta", &self.meta),
+        ]
+    }
+
+    /// Maintenance, not for the live path: writes every memtable out to
+    /// tables and waits (the journal can then be dropped), then compacts
+    /// each keyspace fully into its last level, blocking until done. What
+    /// is left is the settled on-disk form (benchmarks, offline tools).
+    pub fn compact(&self) -> Result<()> {
+        self.flush()?;
+        for (_, ks) in self.keyspaces() {
+            ks.major_compact()?;
+        }
+        Ok(())
+    }
+
+    /// Writes every memtable out to tables and waits for it.
+    pub fn flush(&self) -> Result<()> {
+        for (_, ks) in self.keyspaces() {
+            ks.rotate_memtable_and_wait()?;
+        }
+        Ok(())
     }
 
     /// Number of stored blocks (approximate: LSM estimate).
@@ -425,5 +582,188 @@ impl Batch {
     /// Block bytes in the batch.
     pub fn block_bytes(&self) -> usize {
         self.blocks.values().map(Bytes::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use barn_repo::cid_for_cbor;
+
+    use super::*;
+    use crate::codec::DictionarySource;
+
+    fn blocks(n: usize, seed: u64) -> Vec<(Cid, Bytes)> {
+        crate::codec::tests::sample_blocks(n, seed)
+            .into_iter()
+            .map(|b| (cid_for_cbor(&b), Bytes::from(b)))
+            .collect()
+    }
+
+    fn opts(blocks: BlockCodec) -> StoreOptions {
+        StoreOptions {
+            blocks,
+            ..StoreOptions::default()
+        }
+    }
+
+    fn train() -> BlockCodec {
+        BlockCodec::ZstdDict {
+            level: 3,
+            dictionary: DictionarySource::Train {
+                sample_bytes: 100_000,
+                max_bytes: 4096,
+            },
+        }
+    }
+
+    fn write(store: &Store, blocks: &[(Cid, Bytes)]) {
+        let mut batch = Batch::new();
+        for (cid, data) in blocks {
+            batch.put_block(*cid, data.clone());
+        }
+        store.write(batch).unwrap();
+    }
+
+    #[test]
+    fn values_written_under_each_scheme_read_back_under_every_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let schemes = [
+            BlockCodec::Raw,
+            BlockCodec::Zstd { level: 1 },
+            train(),
+            BlockCodec::Zstd { level: 9 },
+            BlockCodec::Raw,
+        ];
+        let mut written = Vec::new();
+        for (i, scheme) in schemes.iter().enumerate() {
+            let store = Store::open(dir.path(), &opts(scheme.clone())).unwrap();
+            for (cid, data) in &written {
+                assert_eq!(store.block(cid).unwrap().as_ref(), Some(data), "{scheme:?}");
+            }
+            let new = blocks(1000, i as u64);
+            for chunk in new.chunks(100) {
+                write(&store, chunk);
+            }
+            written.extend(new);
+            for (cid, data) in &written {
+                assert_eq!(store.block(cid).unwrap().as_ref(), Some(data));
+            }
+        }
+        // The trained dictionary was stored and is used by a later
+        // dictionary store without training again.
+        let store = Store::open(dir.path(), &opts(train())).unwrap();
+        assert_eq!(store.active_dictionary(), Some(2));
+        assert!(store.dictionary(2).unwrap().is_some());
+        assert!(store.dictionary(3).unwrap().is_none());
+        // Values really are compressed with it.
+        let (_, data) = &written[1];
+        let value = store.encode_block_value(data);
+        assert_eq!(value[0], 2);
+        assert!(value.len() < data.len());
+    }
+
+    #[test]
+    fn a_trained_dictionary_is_durable_with_the_values_that_use_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = blocks(2000, 7);
+        {
+            let store = Store::open(dir.path(), &opts(train())).unwrap();
+            for chunk in written.chunks(200) {
+                write(&store, chunk);
+            }
+            assert_eq!(store.active_dictionary(), Some(2));
+        }
+        let store = Store::open(dir.path(), &opts(BlockCodec::Raw)).unwrap();
+        assert_eq!(store.active_dictionary(), None);
+        let mut with_dict = 0;
+        for (cid, data) in &written {
+            assert_eq!(store.block(cid).unwrap().as_ref(), Some(data));
+            let raw = store.blocks.get(cid.to_bytes()).unwrap().unwrap();
+            with_dict += usize::from(raw[0] == 2);
+        }
+        assert!(with_dict > 1000, "{with_dict}");
+    }
+
+    #[test]
+    fn a_given_dictionary_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let train = crate::codec::tests::sample_blocks(2000, 8);
+        let sizes: Vec<usize> = train.iter().map(Vec::len).collect();
+        let dict: Arc<[u8]> = zstd::dict::from_continuous(&train.concat(), &sizes, 4096)
+            .unwrap()
+            .into();
+        let given = BlockCodec::ZstdDict {
+            level: 3,
+            dictionary: DictionarySource::Given(dict.clone()),
+        };
+        let written = blocks(300, 9);
+        {
+            let store = Store::open(dir.path(), &opts(given.clone())).unwrap();
+            write(&store, &written);
+        }
+        let store = Store::open(dir.path(), &opts(given)).unwrap();
+        assert_eq!(store.active_dictionary(), Some(2));
+        assert_eq!(store.dictionary(2).unwrap().as_deref(), Some(&dict[..]));
+        assert!(store.dictionary(3).unwrap().is_none());
+        for (cid, data) in &written {
+            assert_eq!(store.block(cid).unwrap().as_ref(), Some(data));
+        }
+    }
+
+    #[test]
+    fn a_bad_block_value_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &opts(BlockCodec::Zstd { level: 3 })).unwrap();
+        let (cid, data) = blocks(2, 10).remove(1);
+        write(&store, &[(cid, data)]);
+        let mut value = store.blocks.get(cid.to_bytes()).unwrap().unwrap().to_vec();
+        assert_eq!(value[0], crate::codec::ZSTD);
+        value[0] = 77;
+        store.blocks.insert(cid.to_bytes(), value).unwrap();
+        assert!(matches!(store.block(&cid), Err(Error::Corrupt { .. })));
+        assert!(store.block_source().get_block(&cid).is_err());
+        store.blocks.insert(cid.to_bytes(), []).unwrap();
+        assert!(matches!(store.block(&cid), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_store_from_before_value_headers_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::builder(dir.path()).open().unwrap();
+            let ks = db
+                .keyspace("blocks", KeyspaceCreateOptions::default)
+                .unwrap();
+            ks.insert([1u8; 36], [0xa0]).unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let err = Store::open(dir.path(), &StoreOptions::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Corrupt {
+                    what: "store format",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn compact_keeps_everything_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &opts(BlockCodec::Zstd { level: 3 })).unwrap();
+        let written = blocks(500, 11);
+        write(&store, &written);
+        store.compact().unwrap();
+        assert!(store.disk_space().unwrap() > 0);
+        for (cid, data) in &written {
+            assert_eq!(store.block(cid).unwrap().as_ref(), Some(data));
+        }
     }
 }
