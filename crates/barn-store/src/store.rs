@@ -35,7 +35,7 @@ use barn_repo::blocks::Recording;
 use barn_repo::car::CarWriter;
 use barn_repo::mst::MstWalker;
 
-use crate::codec::{BlockCodec, Codec};
+use crate::codec::{BlockCodec, Codec, DictionarySource};
 use crate::error::{Error, Result};
 use crate::model::{CommitEntry, HostState, RepoState};
 
@@ -60,18 +60,35 @@ pub struct StoreOptions {
     /// names its codec).
     pub blocks: BlockCodec,
     /// fjall's own LZ4 compression of the `blocks` keyspace's data blocks
-    /// (fjall's default policy: levels 2 and below). Fixed when the store
-    /// is created; ignored when opening an existing one.
+    /// (fjall's default policy: levels 2 and below, so it runs at
+    /// compaction, not on the write path). Fixed when the store is created;
+    /// ignored when opening an existing one.
     pub blocks_lz4: bool,
+    /// Compress MST nodes and commits with zstd too. They are mostly
+    /// hashes and a signature (zstd saves ~16% of an MST node) and most of
+    /// the blocks of a firehose commit, so by default they are stored raw
+    /// and left to fjall's lz4.
+    pub compress_structure: bool,
 }
 
 impl Default for StoreOptions {
+    /// The scheme chosen by the W1-3 storage figures (`benches/README.md`,
+    /// "Storage"): zstd level 3 with a 64 KiB dictionary the store trains
+    /// from the first 4 MiB of records it writes, MST nodes and commits
+    /// raw, fjall's lz4 on the `blocks` keyspace.
     fn default() -> Self {
         StoreOptions {
             cache_bytes: 256 << 20,
             memtable_bytes: 32 << 20,
-            blocks: BlockCodec::Raw,
+            blocks: BlockCodec::ZstdDict {
+                level: 3,
+                dictionary: DictionarySource::Train {
+                    sample_bytes: 4 << 20,
+                    max_bytes: 64 << 10,
+                },
+            },
             blocks_lz4: true,
+            compress_structure: false,
         }
     }
 }
@@ -195,7 +212,7 @@ impl Store {
                 }
             }
         }
-        let (codec, persist) = Codec::new(&opts.blocks, stored)?;
+        let (codec, persist) = Codec::new(&opts.blocks, opts.compress_structure, stored)?;
         if let Some((id, bytes)) = persist {
             meta.insert(dict_key(id), bytes.as_ref())?;
         }
@@ -331,6 +348,13 @@ impl Store {
     /// with, if any.
     pub fn active_dictionary(&self) -> Option<u8> {
         self.codec.active_dictionary()
+    }
+
+    /// Waits for a block dictionary being trained (see
+    /// [`DictionarySource::Train`]) and starts using it. Writes never wait
+    /// for training; tests and benchmarks may.
+    pub fn wait_for_dictionary(&self) {
+        self.codec.finish_training();
     }
 
     /// A stored dictionary by number.
@@ -594,7 +618,6 @@ mod tests {
     use barn_repo::cid_for_cbor;
 
     use super::*;
-    use crate::codec::DictionarySource;
 
     fn blocks(n: usize, seed: u64) -> Vec<(Cid, Bytes)> {
         crate::codec::tests::sample_blocks(n, seed)
@@ -647,6 +670,7 @@ mod tests {
             let new = blocks(1000, i as u64);
             for chunk in new.chunks(100) {
                 write(&store, chunk);
+                store.wait_for_dictionary();
             }
             written.extend(new);
             for (cid, data) in &written {
@@ -674,6 +698,7 @@ mod tests {
             let store = Store::open(dir.path(), &opts(train())).unwrap();
             for chunk in written.chunks(200) {
                 write(&store, chunk);
+                store.wait_for_dictionary();
             }
             assert_eq!(store.active_dictionary(), Some(2));
         }
