@@ -353,8 +353,16 @@ impl Store {
     /// Waits for a block dictionary being trained (see
     /// [`DictionarySource::Train`]) and starts using it. Writes never wait
     /// for training; tests and benchmarks may.
-    pub fn wait_for_dictionary(&self) {
+    pub fn wait_for_dictionary(&self) -> Result<()> {
         self.codec.finish_training();
+        // Durable now, not with the next batch: a store closed before its
+        // next write would otherwise train again.
+        if let Some(d) = self.codec.unpersisted() {
+            self.meta.insert(dict_key(d.id), d.bytes.as_ref())?;
+            self.db.persist(PersistMode::SyncAll)?;
+            self.codec.persisted(&d);
+        }
+        Ok(())
     }
 
     /// A stored dictionary by number.
@@ -670,7 +678,7 @@ mod tests {
             let new = blocks(1000, i as u64);
             for chunk in new.chunks(100) {
                 write(&store, chunk);
-                store.wait_for_dictionary();
+                store.wait_for_dictionary().unwrap();
             }
             written.extend(new);
             for (cid, data) in &written {
@@ -698,7 +706,7 @@ mod tests {
             let store = Store::open(dir.path(), &opts(train())).unwrap();
             for chunk in written.chunks(200) {
                 write(&store, chunk);
-                store.wait_for_dictionary();
+                store.wait_for_dictionary().unwrap();
             }
             assert_eq!(store.active_dictionary(), Some(2));
         }
@@ -711,6 +719,23 @@ mod tests {
             with_dict += usize::from(raw[0] == 2);
         }
         assert!(with_dict > 1000, "{with_dict}");
+    }
+
+    #[test]
+    fn a_dictionary_waited_for_is_durable_without_another_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = blocks(2000, 12);
+        {
+            let store = Store::open(dir.path(), &opts(train())).unwrap();
+            write(&store, &written);
+            store.wait_for_dictionary().unwrap();
+            assert_eq!(store.active_dictionary(), Some(2));
+        }
+        let store = Store::open(dir.path(), &opts(train())).unwrap();
+        assert_eq!(store.active_dictionary(), Some(2));
+        for (cid, data) in &written {
+            assert_eq!(store.block(cid).unwrap().as_ref(), Some(data));
+        }
     }
 
     #[test]
