@@ -13,7 +13,7 @@
 //! The zstd frames are trimmed to what barn needs: no magic number, no
 //! checksum (fjall checksums its blocks), no content size (the length is
 //! ours, before the frame) and no dictionary id (the header names it).
-//! That saves 9–13 bytes on values of a few hundred bytes.
+//! That saves about 8 bytes on values of a few hundred bytes.
 //!
 //! Dictionaries live in the `meta` keyspace (`dict` ‖ id) and are never
 //! removed: values written with them stay readable. With
