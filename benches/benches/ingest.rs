@@ -41,9 +41,7 @@ use barn_identity::{Identity, Resolver, ResolverConfig};
 use barn_mirror::verify::{CommitInput, prepare_commit};
 use barn_mirror::{Metrics, Mirror, MirrorConfig};
 use barn_repo::crypto::PublicKey;
-use barn_store::{
-    Batch, CommitEntry, Op, OpAction, RepoState, Source, Store, StoreOptions, now_ms,
-};
+use barn_store::{Batch, CommitEntry, RepoState, Source, Store, StoreOptions, now_ms};
 use bytes::Bytes;
 
 // The allocator the barn binary uses.
@@ -215,32 +213,6 @@ fn signature_baseline(st: &Start, cores: usize) -> f64 {
     done.load(Ordering::Relaxed) as f64 / run.as_secs_f64()
 }
 
-fn input_of(ev: &barn_firehose::CommitEvent) -> CommitInput {
-    CommitInput {
-        repo: ev.repo.clone(),
-        rev: ev.rev.clone(),
-        since: ev.since.clone(),
-        commit: ev.commit,
-        blocks: ev.blocks.clone(),
-        ops: ev
-            .ops
-            .iter()
-            .map(|op| Op {
-                action: match op.action {
-                    barn_firehose::OpAction::Create => OpAction::Create,
-                    barn_firehose::OpAction::Update => OpAction::Update,
-                    barn_firehose::OpAction::Delete => OpAction::Delete,
-                },
-                path: op.path.clone(),
-                cid: op.cid,
-                prev: op.prev,
-            })
-            .collect(),
-        prev_data: ev.prev_data,
-        too_big: ev.too_big,
-    }
-}
-
 /// A store holding every account at its genesis commit.
 fn seeded_store(dir: &Path, st: &Start) -> Arc<Store> {
     let store = Store::open(dir, &StoreOptions::default()).expect("open store");
@@ -301,7 +273,7 @@ fn stages(spec: &StreamSpec, st: &Start, keys: &HashMap<String, PublicKey>, path
         let inputs: Vec<(i64, CommitInput)> = decoded
             .iter()
             .map(|f| match &f.event {
-                Event::Commit(ev) => (ev.seq, input_of(ev)),
+                Event::Commit(ev) => (ev.seq, CommitInput::from(ev)),
                 other => panic!("unexpected {}", other.label()),
             })
             .collect();

@@ -25,10 +25,10 @@ use barn_repo::blocks::{BlockMap, BlockSource, Recording};
 use barn_repo::car::write_car;
 use barn_repo::commit::Commit;
 use barn_repo::crypto::{KeyType, PrivateKey};
-use barn_repo::mst::{Action, Mst, RecordOp, invert_ops};
+use barn_repo::mst::{Mst, RecordOp, invert_ops};
 use bytes::Bytes;
 
-use crate::{COLLECTIONS, PathGen, Rng, datetime, record, tid};
+use crate::{PathGen, Rng, datetime, pick_collection, record, tid};
 
 /// What to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,15 +221,7 @@ fn create(
     ops: &mut Vec<RepoOp>,
     micros: u64,
 ) {
-    let mut pick = rng.range(1, 100);
-    let mut collection = COLLECTIONS[0].0;
-    for (name, share) in COLLECTIONS {
-        if pick <= share {
-            collection = name;
-            break;
-        }
-        pick -= share;
-    }
+    let collection = pick_collection(rng);
     let path = format!("{collection}/{}", tid(micros, rng.range(0, 1023)));
     let bytes = record(rng, collection, micros);
     let cid = records.put_cbor(bytes);
@@ -289,9 +281,10 @@ fn next_commit(acct: &mut Live, rng: &mut Rng, seq: i64, micros: u64, start: &St
             prev,
         });
         acct.profile = true;
-    } else if roll <= 14 {
-        // A thread, or a batch of follows: several records at once.
-        for i in 0..rng.range(2, 5) {
+    } else {
+        // Mostly one record; now and then a thread or a batch of follows.
+        let count = if roll <= 14 { rng.range(2, 5) } else { 1 };
+        for i in 0..count {
             create(
                 &mut tree,
                 rng,
@@ -301,15 +294,6 @@ fn next_commit(acct: &mut Live, rng: &mut Rng, seq: i64, micros: u64, start: &St
                 micros + i,
             );
         }
-    } else {
-        create(
-            &mut tree,
-            rng,
-            &mut acct.created,
-            &mut records,
-            &mut ops,
-            micros,
-        );
     }
     let data = tree.root_cid();
     let nodes = tree.take_new_blocks();
@@ -327,19 +311,7 @@ fn next_commit(acct: &mut Live, rng: &mut Rng, seq: i64, micros: u64, start: &St
     carried.insert(commit, Bytes::from(commit_bytes));
 
     // Add what the inversion reads beyond the new blocks, then check it.
-    let record_ops: Vec<RecordOp> = ops
-        .iter()
-        .map(|op| RecordOp {
-            action: match op.action {
-                OpAction::Create => Action::Create,
-                OpAction::Update => Action::Update,
-                OpAction::Delete => Action::Delete,
-            },
-            path: op.path.clone(),
-            cid: op.cid,
-            prev: op.prev,
-        })
-        .collect();
+    let record_ops: Vec<RecordOp> = ops.iter().map(RecordOp::from).collect();
     let seen = {
         let layers = [&carried, &acct.own, &*start.blocks];
         let rec = Recording::new(Layered(&layers));

@@ -136,17 +136,21 @@ impl PathGen {
     pub fn next_path(&mut self) -> (&'static str, String, u64) {
         // Up to a minute between two records.
         self.micros += self.rng.range(1, 60_000_000);
-        let mut pick = self.rng.range(1, 100);
-        let mut collection = COLLECTIONS[0].0;
-        for (name, share) in COLLECTIONS {
-            if pick <= share {
-                collection = name;
-                break;
-            }
-            pick -= share;
-        }
+        let collection = pick_collection(&mut self.rng);
         (collection, tid(self.micros, 7), self.micros)
     }
+}
+
+/// A collection drawn with the shares of [`COLLECTIONS`].
+pub fn pick_collection(rng: &mut Rng) -> &'static str {
+    let mut pick = rng.range(1, 100);
+    for (name, share) in COLLECTIONS {
+        if pick <= share {
+            return name;
+        }
+        pick -= share;
+    }
+    COLLECTIONS[0].0
 }
 
 const WORDS: [&str; 32] = [

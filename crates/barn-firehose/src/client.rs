@@ -238,25 +238,8 @@ pub fn subscribe(
     config: SubscribeConfig,
     shutdown: CancellationToken,
 ) -> (Subscription, JoinHandle<()>) {
-    let queue_bytes = config.queue_bytes.clamp(1, MAX_BUDGET);
-    let budget = Arc::new(Semaphore::new(queue_bytes));
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let rec = Recorder::new(&config.host, config.metrics.clone());
-    let held = Arc::new(AtomicUsize::new(0));
-    let worker = Worker {
-        held: held.clone(),
-        gauge: rec.queued_gauge(),
-        rec,
-        last: config.cursor,
-        skip: 0,
-        config,
-        queue_bytes,
-        budget,
-        tx,
-        shutdown,
-    };
-    let handle = tokio::spawn(worker.run());
-    (Subscription { rx, held }, handle)
+    let (sub, worker) = Worker::new(config, shutdown);
+    (sub, tokio::spawn(worker.run()))
 }
 
 /// Like [`subscribe`], but the binary messages come from `source` instead
@@ -273,25 +256,8 @@ pub fn subscribe_source(
     source: mpsc::Receiver<bytes::Bytes>,
     shutdown: CancellationToken,
 ) -> (Subscription, JoinHandle<()>) {
-    let queue_bytes = config.queue_bytes.clamp(1, MAX_BUDGET);
-    let budget = Arc::new(Semaphore::new(queue_bytes));
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let rec = Recorder::new(&config.host, config.metrics.clone());
-    let held = Arc::new(AtomicUsize::new(0));
-    let worker = Worker {
-        held: held.clone(),
-        gauge: rec.queued_gauge(),
-        rec,
-        last: config.cursor,
-        skip: 0,
-        config,
-        queue_bytes,
-        budget,
-        tx,
-        shutdown,
-    };
-    let handle = tokio::spawn(worker.run_source(source));
-    (Subscription { rx, held }, handle)
+    let (sub, worker) = Worker::new(config, shutdown);
+    (sub, tokio::spawn(worker.run_source(source)))
 }
 
 /// The `ws(s)://…/xrpc/com.atproto.sync.subscribeRepos[?cursor=N]` URL for
@@ -383,6 +349,27 @@ struct Worker {
 }
 
 impl Worker {
+    /// A worker and the consumer's end of its deliveries.
+    fn new(config: SubscribeConfig, shutdown: CancellationToken) -> (Subscription, Worker) {
+        let queue_bytes = config.queue_bytes.clamp(1, MAX_BUDGET);
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let rec = Recorder::new(&config.host, config.metrics.clone());
+        let held = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            held: held.clone(),
+            gauge: rec.queued_gauge(),
+            rec,
+            last: config.cursor,
+            skip: 0,
+            config,
+            queue_bytes,
+            budget: Arc::new(Semaphore::new(queue_bytes)),
+            tx,
+            shutdown,
+        };
+        (Subscription { rx, held }, worker)
+    }
+
     async fn run(mut self) {
         if let Err(e) = subscribe_url(&self.config.host, None) {
             tracing::error!(host = %self.config.host, error = %e, "firehose subscription not started");

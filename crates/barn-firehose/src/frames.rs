@@ -158,6 +158,27 @@ pub struct RepoOp {
     pub prev: Option<Cid>,
 }
 
+impl From<OpAction> for barn_repo::mst::Action {
+    fn from(a: OpAction) -> Self {
+        match a {
+            OpAction::Create => barn_repo::mst::Action::Create,
+            OpAction::Update => barn_repo::mst::Action::Update,
+            OpAction::Delete => barn_repo::mst::Action::Delete,
+        }
+    }
+}
+
+impl From<&RepoOp> for barn_repo::mst::RecordOp {
+    fn from(op: &RepoOp) -> Self {
+        barn_repo::mst::RecordOp {
+            action: op.action.into(),
+            path: op.path.clone(),
+            cid: op.cid,
+            prev: op.prev,
+        }
+    }
+}
+
 /// `#sync`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncEvent {

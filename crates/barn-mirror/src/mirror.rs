@@ -633,7 +633,7 @@ impl HostTask {
         if !self.tracks(&ev.repo) {
             return Ok(None);
         }
-        let input = Arc::new(commit_input(ev));
+        let input = Arc::new(CommitInput::from(ev));
         let authority = self.authority(&ev.repo).await?;
         let mut job = None;
         if let Some((true, id)) = &authority {
@@ -1177,33 +1177,6 @@ fn head_of(state: &RepoState) -> Option<Head> {
             data,
         }),
         _ => None,
-    }
-}
-
-/// The fields of a `#commit` that verification needs.
-fn commit_input(ev: &CommitEvent) -> CommitInput {
-    CommitInput {
-        repo: ev.repo.clone(),
-        rev: ev.rev.clone(),
-        since: ev.since.clone(),
-        commit: ev.commit,
-        blocks: ev.blocks.clone(),
-        ops: ev
-            .ops
-            .iter()
-            .map(|op| Op {
-                action: match op.action {
-                    barn_firehose::OpAction::Create => OpAction::Create,
-                    barn_firehose::OpAction::Update => OpAction::Update,
-                    barn_firehose::OpAction::Delete => OpAction::Delete,
-                },
-                path: op.path.clone(),
-                cid: op.cid,
-                prev: op.prev,
-            })
-            .collect(),
-        prev_data: ev.prev_data,
-        too_big: ev.too_big,
     }
 }
 

@@ -25,7 +25,7 @@ use barn_repo::BlockMap;
 use barn_repo::car::{CarLimits, read_car};
 use barn_repo::commit::Commit;
 use barn_repo::crypto::PublicKey;
-use barn_repo::mst::{Action, Mst, RecordOp, invert_ops};
+use barn_repo::mst::{Mst, RecordOp, invert_ops};
 use barn_repo::syntax::Tid;
 use barn_store::{Op, OpAction};
 
@@ -51,6 +51,34 @@ pub struct CommitInput {
     pub prev_data: Option<Cid>,
     /// The deprecated `tooBig` flag.
     pub too_big: bool,
+}
+
+impl From<&barn_firehose::CommitEvent> for CommitInput {
+    fn from(ev: &barn_firehose::CommitEvent) -> Self {
+        CommitInput {
+            repo: ev.repo.clone(),
+            rev: ev.rev.clone(),
+            since: ev.since.clone(),
+            commit: ev.commit,
+            blocks: ev.blocks.clone(),
+            ops: ev
+                .ops
+                .iter()
+                .map(|op| Op {
+                    action: match op.action {
+                        barn_firehose::OpAction::Create => OpAction::Create,
+                        barn_firehose::OpAction::Update => OpAction::Update,
+                        barn_firehose::OpAction::Delete => OpAction::Delete,
+                    },
+                    path: op.path.clone(),
+                    cid: op.cid,
+                    prev: op.prev,
+                })
+                .collect(),
+            prev_data: ev.prev_data,
+            too_big: ev.too_big,
+        }
+    }
 }
 
 /// barn's head of a repo.
@@ -236,21 +264,8 @@ pub fn prepare_commit(
         }
     }
 
-    // Inversion proves the event's prevData.
-    let ops: Vec<RecordOp> = input
-        .ops
-        .iter()
-        .map(|op| RecordOp {
-            action: match op.action {
-                OpAction::Create => Action::Create,
-                OpAction::Update => Action::Update,
-                OpAction::Delete => Action::Delete,
-            },
-            path: op.path.clone(),
-            cid: op.cid,
-            prev: op.prev,
-        })
-        .collect();
+    // The inversion, compared with prevData by check_head.
+    let ops: Vec<RecordOp> = input.ops.iter().map(RecordOp::from).collect();
     let inverted = invert_ops(&blocks, &commit.data, &ops)
         .map_err(|e| reject("inversion_failed", Desync, e.to_string()))?;
     Ok(Verified {

@@ -270,12 +270,7 @@ impl<'a> Decoder<'a> {
                 self.check_count(arg, 2, at)?;
                 let mut prev: Option<&[u8]> = None;
                 for _ in 0..arg {
-                    let key_at = self.pos;
-                    let key = self.key_bytes()?;
-                    if let Some(p) = prev {
-                        check_key_order(p, key, key_at)?;
-                    }
-                    prev = Some(key);
+                    prev = Some(self.key(prev)?);
                     self.skip_value(depth_left)?;
                 }
             }
@@ -335,11 +330,7 @@ impl<'a> Decoder<'a> {
                 let mut map = std::collections::BTreeMap::new();
                 let mut prev: Option<&[u8]> = None;
                 for _ in 0..arg {
-                    let key_at = self.pos;
-                    let key = self.key_bytes()?;
-                    if let Some(p) = prev {
-                        check_key_order(p, key, key_at)?;
-                    }
+                    let key = self.key(prev)?;
                     prev = Some(key);
                     let value = self.read_value(depth_left)?;
                     // key_bytes checked UTF-8.

@@ -55,6 +55,21 @@ pub struct Op {
     pub prev: Option<Cid>,
 }
 
+impl From<&Op> for barn_repo::mst::RecordOp {
+    fn from(op: &Op) -> Self {
+        barn_repo::mst::RecordOp {
+            action: match op.action {
+                OpAction::Create => barn_repo::mst::Action::Create,
+                OpAction::Update => barn_repo::mst::Action::Update,
+                OpAction::Delete => barn_repo::mst::Action::Delete,
+            },
+            path: op.path.clone(),
+            cid: op.cid,
+            prev: op.prev,
+        }
+    }
+}
+
 /// One revision of a repository, as barn saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitEntry {
