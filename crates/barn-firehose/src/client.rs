@@ -440,23 +440,8 @@ impl Worker {
                     None => return,
                 },
             };
-            if data.len() > self.config.max_frame_bytes {
-                let size = data.len();
-                let detail = format!(
-                    "message of {size} bytes exceeds {}",
-                    self.config.max_frame_bytes
-                );
-                self.rec.rejected("oversized", &detail, size);
-                let rejected = Delivery::Rejected {
-                    reason: "oversized",
-                    detail,
-                    bytes: size,
-                };
-                if !self.deliver(rejected).await {
-                    return;
-                }
-                continue;
-            }
+            // An oversized message is refused by the decoder's limit, as
+            // a malformed one is: there is no connection to lose.
             if let Handled::End(End::Shutdown | End::ConsumerGone) = self.handle(data).await {
                 return;
             }

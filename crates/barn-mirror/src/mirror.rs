@@ -385,6 +385,18 @@ impl Pending {
     }
 }
 
+/// What a host task is to one DID.
+// Returned and matched at once; boxing would allocate for every event.
+#[allow(clippy::large_enum_variant)]
+enum Local {
+    /// Not followed by this task.
+    Untracked,
+    /// Followed, but barn holds it on another host.
+    Elsewhere,
+    /// This task's: its state, and whether barn holds anything of it.
+    Here(RepoState, bool),
+}
+
 /// A group commit being written.
 struct Writing {
     task: JoinHandle<barn_store::Result<()>>,
@@ -509,17 +521,14 @@ async fn run_host(
             || task.pending.bytes >= inner.config.group_commit_bytes;
         let blocked = full && task.writing.is_some();
         let can_write = task.writing.is_none() && !task.pending.is_empty();
-        let due = task
-            .pending
-            .first_at
-            .map_or_else(tokio::time::Instant::now, |t| (t + delay).into());
+        let due = task.pending.first_at.is_some_and(|t| t.elapsed() >= delay);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             r = wait_write(&mut task.writing), if task.writing.is_some() => {
                 task.finish_write(r)?;
             }
-            _ = async {}, if can_write && (full || due <= tokio::time::Instant::now()) => {
+            _ = async {}, if can_write && (full || due) => {
                 task.start_write();
             }
             ready = in_flight.next(), if !in_flight.is_empty() && !blocked => {
@@ -701,6 +710,21 @@ impl HostTask {
         self.inner.tracks(&self.host, &self.accounts, did)
     }
 
+    /// Whether this task answers for `did`, and if so its state (a new
+    /// one when barn holds nothing of it) and whether barn holds it.
+    fn local(&self, did: &str) -> Result<Local> {
+        if !self.tracks(did) {
+            return Ok(Local::Untracked);
+        }
+        let stored = self.state(did)?;
+        let known = stored.is_some();
+        let state = stored.unwrap_or_else(|| RepoState::new(&self.host));
+        if normalize_host(&state.host) != self.host {
+            return Ok(Local::Elsewhere);
+        }
+        Ok(Local::Here(state, known))
+    }
+
     /// The repo's state as the next commit must see it: the pending
     /// batch, then the batch being written, then the store.
     fn state(&self, did: &str) -> Result<Option<RepoState>> {
@@ -833,16 +857,14 @@ impl HostTask {
             result,
         } = checked;
         let did = input.repo.clone();
-        if !self.tracks(&did) {
-            return Ok(());
-        }
-        let stored = self.state(&did)?;
-        let known = stored.is_some();
-        let state = stored.unwrap_or_else(|| RepoState::new(&self.host));
-        if normalize_host(&state.host) != self.host {
-            self.inner.metrics.verify_failed(&self.host, "wrong_host");
-            return Ok(());
-        }
+        let (state, known) = match self.local(&did)? {
+            Local::Here(state, known) => (state, known),
+            Local::Untracked => return Ok(()),
+            Local::Elsewhere => {
+                self.inner.metrics.verify_failed(&self.host, "wrong_host");
+                return Ok(());
+            }
+        };
         let head = head_of(&state);
         if state.sync == SyncState::Desynchronized && head.is_some() {
             // Waiting for a resync; it will bring this commit's content.
@@ -924,15 +946,9 @@ impl HostTask {
 
     async fn sync(&mut self, ev: SyncEvent) -> Result<()> {
         let did = ev.did.clone();
-        if !self.tracks(&did) {
+        let Local::Here(state, known) = self.local(&did)? else {
             return Ok(());
-        }
-        let stored = self.state(&did)?;
-        let known = stored.is_some();
-        let state = stored.unwrap_or_else(|| RepoState::new(&self.host));
-        if normalize_host(&state.host) != self.host {
-            return Ok(());
-        }
+        };
         if state.rev.as_deref().is_some_and(|r| ev.rev.as_str() <= r) {
             self.inner
                 .metrics
@@ -1030,15 +1046,9 @@ impl HostTask {
 
     async fn account(&mut self, ev: AccountEvent) -> Result<()> {
         let did = ev.did.clone();
-        if !self.tracks(&did) {
+        let Local::Here(state, known) = self.local(&did)? else {
             return Ok(());
-        }
-        let stored = self.state(&did)?;
-        let known = stored.is_some();
-        let state = stored.unwrap_or_else(|| RepoState::new(&self.host));
-        if normalize_host(&state.host) != self.host {
-            return Ok(());
-        }
+        };
         // An account going inactive may be migrating away: look again.
         if !ev.active {
             let _ = self.inner.resolver.refresh(&did).await;
