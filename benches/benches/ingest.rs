@@ -323,6 +323,7 @@ fn stages(spec: &StreamSpec, st: &Start, keys: &HashMap<String, PublicKey>, path
             barn_store::HostState {
                 cursor: inputs.last().map(|(seq, _)| *seq),
                 last_event_ms: now_ms(),
+                ..Default::default()
             },
         );
         store.write(batch).expect("write");

@@ -230,6 +230,7 @@ fn snapshot_batch(s: &Snapshot) -> Batch {
         HostState {
             cursor: Some(1_000_000),
             last_event_ms: 1_763_700_000_000,
+            ..Default::default()
         },
     );
     batch

@@ -15,6 +15,10 @@ pub struct Metrics {
     resyncs: IntCounterVec,
     moved: IntCounterVec,
     host_failures: IntCounterVec,
+    reconcile: IntCounterVec,
+    import_fetches: IntCounterVec,
+    list_failures: IntCounterVec,
+    list_rejected: IntCounterVec,
     group_commit_revisions: Histogram,
     group_commit_seconds: Histogram,
     durable_latency_seconds: HistogramVec,
@@ -65,6 +69,28 @@ impl Metrics {
                 "Host tasks that stopped on an error",
                 &["host", "reason"],
             )?,
+            reconcile: counter(
+                "barn_mirror_reconcile_total",
+                "Listing and reconcile events, by host and what (listed, pass_started, pass_done, \
+                 suspect_fetched, suspect_explained, host_behind, status_changed, buffered, \
+                 buffer_overflow, outdated_cursor, future_cursor)",
+                &["host", "what"],
+            )?,
+            import_fetches: counter(
+                "barn_mirror_import_fetches_total",
+                "Imports stored, by host and what was fetched (full repo, or since barn's rev)",
+                &["host", "kind"],
+            )?,
+            list_failures: counter(
+                "barn_mirror_list_failures_total",
+                "listRepos pages that failed (retried), by host and reason",
+                &["host", "reason"],
+            )?,
+            list_rejected: counter(
+                "barn_mirror_list_entries_rejected_total",
+                "listRepos entries skipped as malformed, by host and reason",
+                &["host", "reason"],
+            )?,
             group_commit_revisions: Histogram::with_opts(
                 HistogramOpts::new(
                     "barn_mirror_group_commit_revisions",
@@ -112,6 +138,10 @@ impl Metrics {
         registry.register(Box::new(self.resyncs.clone()))?;
         registry.register(Box::new(self.moved.clone()))?;
         registry.register(Box::new(self.host_failures.clone()))?;
+        registry.register(Box::new(self.reconcile.clone()))?;
+        registry.register(Box::new(self.import_fetches.clone()))?;
+        registry.register(Box::new(self.list_failures.clone()))?;
+        registry.register(Box::new(self.list_rejected.clone()))?;
         registry.register(Box::new(self.group_commit_revisions.clone()))?;
         registry.register(Box::new(self.group_commit_seconds.clone()))?;
         registry.register(Box::new(self.durable_latency_seconds.clone()))?;
@@ -139,6 +169,18 @@ impl Metrics {
     }
     pub(crate) fn moved(&self, host: &str) {
         self.moved.with_label_values(&[host]).inc();
+    }
+    pub(crate) fn reconcile(&self, host: &str, what: &str) {
+        self.reconcile.with_label_values(&[host, what]).inc();
+    }
+    pub(crate) fn import_fetch(&self, host: &str, kind: &str) {
+        self.import_fetches.with_label_values(&[host, kind]).inc();
+    }
+    pub(crate) fn list_failed(&self, host: &str, reason: &str) {
+        self.list_failures.with_label_values(&[host, reason]).inc();
+    }
+    pub(crate) fn list_entry_rejected(&self, host: &str, reason: &str) {
+        self.list_rejected.with_label_values(&[host, reason]).inc();
     }
     pub(crate) fn host_failed(&self, host: &str, reason: &str) {
         self.host_failures.with_label_values(&[host, reason]).inc();
@@ -211,6 +253,18 @@ impl Metrics {
     /// Accounts followed to another host.
     pub fn accounts_moved(&self) -> u64 {
         sum_label(&self.moved, "host", None)
+    }
+
+    /// Listing and reconcile events of kind `what` (see the metric's
+    /// help), summed over hosts.
+    pub fn reconcile_events(&self, what: &str) -> u64 {
+        sum_label(&self.reconcile, "what", Some(what))
+    }
+
+    /// Imports stored after fetching `kind` (`full` or `since`), summed
+    /// over hosts.
+    pub fn import_fetches(&self, kind: &str) -> u64 {
+        sum_label(&self.import_fetches, "kind", Some(kind))
     }
 }
 

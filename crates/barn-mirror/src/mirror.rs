@@ -26,18 +26,34 @@
 //! - A resync asked for too soon after the repo's last one, or one that
 //!   failed, is deferred, not dropped: it runs when `resync_retry` has
 //!   passed even if no further event names the repo.
+//! - Imports (backfill, resync, `#sync`, reconcile) run beside the stream,
+//!   a few at a time. Before one starts, the repo is marked
+//!   desynchronized and that mark is made durable; while it runs, the
+//!   repo's commits are buffered (bounded) and replayed in stream order on
+//!   the new head once it is stored. The cursor may pass buffered events:
+//!   if barn crashes, the durable mark makes it import the repo again,
+//!   which brings their content.
+//! - A whole host is backfilled by listing it (`listRepos`), not by
+//!   replaying its event log: the listing's cursor is saved with the
+//!   states of the repos it listed, so a restart resumes the pass. The
+//!   same pass, run periodically or after `OutdatedCursor` /
+//!   `FutureCursor`, compares every listed head with barn's; a repo still
+//!   behind after `reconcile_grace` (the firehose had its chance) is
+//!   fetched and its differences, deletes included, stored as one
+//!   revision marked as a reconcile.
 //! - Events about a DID barn holds nothing of, whose document names another
 //!   host, are ignored (`wrong_host`): a host cannot make barn store or
 //!   follow accounts that are not on it. Only a repo barn already holds is
 //!   followed to its new host.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc};
-use tokio::task::JoinHandle;
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use barn_firehose::{
@@ -46,14 +62,17 @@ use barn_firehose::{
 };
 use barn_identity::{Identity, Resolver};
 use barn_repo::car::{CarLimits, read_car};
-use barn_repo::commit::{Commit, verify_repo};
+use barn_repo::commit::Commit;
 use barn_store::{
-    Batch, CommitEntry, HostState, Op, OpAction, RepoState, Source, Store, SyncState, now_ms,
+    Batch, CommitEntry, HostState, ListPass, Op, OpAction, PassKind, RepoState, Source, Store,
+    SyncState, now_ms,
 };
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
 use crate::error::{Error, Result};
+use crate::import::{Job, Outcome};
+use crate::listing::Page;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::verify::{
@@ -80,10 +99,34 @@ pub struct MirrorConfig {
     /// Commits of one host being verified at once, ahead of the one
     /// being applied.
     pub pipeline_depth: usize,
-    /// Cursor for a host barn has never followed: `Some(0)` replays the
-    /// host's whole backlog (each unknown repo is then resynced), `None`
-    /// starts live.
+    /// Cursor for a host barn has never followed: `None` (the default)
+    /// starts live, and [`MirrorConfig::backfill`] lists the host to fetch
+    /// every account; `Some(0)` replays the host's whole backlog (each
+    /// unknown repo is then imported when it first appears).
     pub new_host_cursor: Option<i64>,
+    /// List a whole host barn has never followed (`listRepos`) and import
+    /// every account on it.
+    pub backfill: bool,
+    /// Imports running at once, all hosts together.
+    pub max_imports: usize,
+    /// Imports running at once on one host.
+    pub max_imports_per_host: usize,
+    /// `listRepos` page size (1..=1000).
+    pub list_page: usize,
+    /// The next `listRepos` page is fetched only while fewer imports than
+    /// this are queued for the host.
+    pub list_queue_max: usize,
+    /// How often a whole host is listed again and every head compared
+    /// with barn's; zero turns the periodic reconcile off.
+    pub reconcile_interval: Duration,
+    /// How long a listed head newer than barn's may stay unexplained by the
+    /// firehose before the repo is fetched.
+    pub reconcile_grace: Duration,
+    /// Bytes of commits buffered for one repo while it is imported; past
+    /// that they are dropped and the repo is imported once more after.
+    pub repo_buffer_bytes: usize,
+    /// Bytes of commits buffered for all repos of one host being imported.
+    pub buffer_bytes: usize,
     /// Largest websocket frame.
     pub max_frame_bytes: usize,
     /// Byte budget of frames received but not yet processed, per host.
@@ -106,7 +149,16 @@ impl Default for MirrorConfig {
             group_commit_delay: Duration::from_millis(5),
             verify_threads: 0,
             pipeline_depth: 256,
-            new_host_cursor: Some(0),
+            new_host_cursor: None,
+            backfill: true,
+            max_imports: 4,
+            max_imports_per_host: 2,
+            list_page: 1000,
+            list_queue_max: 1000,
+            reconcile_interval: Duration::from_secs(24 * 3600),
+            reconcile_grace: Duration::from_secs(30),
+            repo_buffer_bytes: 4 << 20,
+            buffer_bytes: 32 << 20,
             max_frame_bytes: 5 << 20,
             queue_bytes: 64 << 20,
             watchdog: Duration::from_secs(60),
@@ -134,29 +186,72 @@ pub struct Durable {
     pub revisions: usize,
 }
 
-#[derive(Debug)]
-enum Control {
-    /// Start following `did` on this host and resync it from here.
-    Adopt(String),
+/// How far a host's listing and imports are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostProgress {
+    /// The host.
+    pub host: String,
+    /// Whether every repo of the host is tracked.
+    pub whole: bool,
+    /// The `listRepos` pass under way, if any.
+    pub pass: Option<ListPass>,
+    /// When the last pass finished, ms since the Unix epoch.
+    pub last_pass_done_ms: Option<u64>,
+    /// Imports waiting to start.
+    pub queued: usize,
+    /// Imports running.
+    pub importing: usize,
+    /// Imports finished since the task started (any outcome).
+    pub imports_done: u64,
+    /// Imports that failed since the task started (retried later).
+    pub imports_failed: u64,
+    /// The host's durable cursor.
+    pub cursor: Option<i64>,
+}
+
+/// Messages to a host task.
+// Rare (a few per import or page): boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Control {
+    /// Start following `did` on this host and import it from here, for
+    /// `reason`.
+    Adopt(String, String),
+    /// An import ended.
+    Imported {
+        did: String,
+        result: Result<Outcome>,
+    },
+    /// A `listRepos` page; `ack` once its results are in the pending batch.
+    Listed {
+        page: Page,
+        ack: oneshot::Sender<()>,
+    },
+    /// The listing reached its last page.
+    ListDone,
+    /// Start a listing pass (or queue one after the pass under way).
+    StartPass(PassKind, String),
 }
 
 struct HostEntry {
     whole: bool,
     accounts: Arc<Mutex<HashSet<String>>>,
     control: mpsc::UnboundedSender<Control>,
+    progress: Arc<Mutex<HostProgress>>,
     task: Option<JoinHandle<()>>,
 }
 
-struct Inner {
-    store: Arc<Store>,
-    resolver: Resolver,
-    http: reqwest::Client,
-    config: MirrorConfig,
-    metrics: Metrics,
+pub(crate) struct Inner {
+    pub(crate) store: Arc<Store>,
+    pub(crate) resolver: Resolver,
+    pub(crate) http: reqwest::Client,
+    pub(crate) config: MirrorConfig,
+    pub(crate) metrics: Metrics,
     hosts: Mutex<HashMap<String, HostEntry>>,
     shutdown: CancellationToken,
     pool: Pool,
     durable: broadcast::Sender<Durable>,
+    /// Permits for imports, all hosts together.
+    imports: Arc<Semaphore>,
 }
 
 /// The running mirror. Cheap to clone.
@@ -180,6 +275,7 @@ impl Mirror {
         metrics: Metrics,
     ) -> Mirror {
         let config_threads = config.verify_threads;
+        let max_imports = config.max_imports.max(1);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(300))
             .build()
@@ -195,6 +291,7 @@ impl Mirror {
                 shutdown: CancellationToken::new(),
                 pool: Pool::new(config_threads),
                 durable: broadcast::channel(1024).0,
+                imports: Arc::new(Semaphore::new(max_imports)),
             }),
         }
     }
@@ -206,21 +303,74 @@ impl Mirror {
             self.track_host(host);
         }
         for (did, state) in self.inner.store.repos()? {
-            self.inner.follow(&state.host, &did, false);
+            self.inner.follow(&state.host, &did, None);
         }
         Ok(())
     }
 
-    /// Tracks every repo of `host`.
+    /// Tracks every repo of `host`. A host barn has never listed is
+    /// backfilled (see [`MirrorConfig::backfill`]).
     pub fn track_host(&self, host: &str) {
         let host = normalize_host(host);
         let mut hosts = self.inner.lock_hosts();
         if let Some(entry) = hosts.get_mut(&host) {
-            entry.whole = true;
+            if !entry.whole {
+                // Followed until now for some accounts only: list the rest.
+                entry.whole = true;
+                if self.inner.config.backfill {
+                    let _ = entry
+                        .control
+                        .send(Control::StartPass(PassKind::Backfill, "backfill".into()));
+                }
+            }
             return;
         }
         let entry = self.inner.spawn_host(&host, true, None);
         hosts.insert(host, entry);
+    }
+
+    /// Tracks one account wherever it is hosted: resolves its PDS, follows
+    /// that host for it, and imports the repo from there. It is followed
+    /// when it migrates, like every repo barn holds.
+    pub async fn track_account(&self, did: &str) -> Result<String> {
+        let id = self.inner.resolver.refresh(did).await?;
+        let pds = id
+            .pds
+            .as_deref()
+            .map(normalize_host)
+            .ok_or_else(|| Error::Fetch {
+                url: did.to_owned(),
+                message: "the DID document names no PDS".into(),
+                xrpc_error: None,
+            })?;
+        self.inner.follow(&pds, did, Some("track account".into()));
+        Ok(pds)
+    }
+
+    /// Lists `host` again and reconciles every repo whose head differs
+    /// from barn's (for a host tracked for some accounts only, imports each
+    /// of them). `false` when barn does not follow the host.
+    pub fn reconcile(&self, host: &str, reason: &str) -> bool {
+        let hosts = self.inner.lock_hosts();
+        match hosts.get(&normalize_host(host)) {
+            Some(e) => e
+                .control
+                .send(Control::StartPass(PassKind::Sweep, reason.to_owned()))
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// Listing and import progress of every followed host.
+    pub fn progress(&self) -> Vec<HostProgress> {
+        let mut out: Vec<HostProgress> = self
+            .inner
+            .lock_hosts()
+            .values()
+            .map(|e| e.progress.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        out.sort_by(|a, b| a.host.cmp(&b.host));
+        out
     }
 
     /// Tracks every repo of `host`, reading its event stream from `source`
@@ -283,12 +433,22 @@ impl Inner {
     ) -> HostEntry {
         let (tx, rx) = mpsc::unbounded_channel();
         let accounts = Arc::new(Mutex::new(HashSet::new()));
+        let progress = Arc::new(Mutex::new(HostProgress {
+            host: host.to_owned(),
+            whole,
+            ..HostProgress::default()
+        }));
         let inner = self.clone();
-        let task_host = host.to_owned();
-        let task_accounts = accounts.clone();
+        let link = HostLink {
+            host: host.to_owned(),
+            whole,
+            accounts: accounts.clone(),
+            me: tx.clone(),
+            progress: progress.clone(),
+        };
         let task = tokio::spawn(async move {
-            let h = task_host.clone();
-            if let Err(e) = run_host(inner.clone(), task_host, task_accounts, rx, source).await {
+            let h = link.host.clone();
+            if let Err(e) = run_host(inner.clone(), link, rx, source).await {
                 inner.metrics.host_failed(&h, e.reason());
                 tracing::error!(host = %h, error = %e, "host task stopped");
             }
@@ -297,13 +457,15 @@ impl Inner {
             whole,
             accounts,
             control: tx,
+            progress,
             task: Some(task),
         }
     }
 
-    /// Makes sure `host` has a task that follows `did`; with `adopt`, that
-    /// task also resyncs it (the repo has just moved there).
-    fn follow(self: &Arc<Self>, host: &str, did: &str, adopt: bool) {
+    /// Makes sure `host` has a task that follows `did`; with `adopt` (a
+    /// reason), that task also imports it (the repo has just moved there,
+    /// or was just added).
+    fn follow(self: &Arc<Self>, host: &str, did: &str, adopt: Option<String>) {
         let host = normalize_host(host);
         let mut hosts = self.lock_hosts();
         let entry = match hosts.get_mut(&host) {
@@ -318,8 +480,8 @@ impl Inner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(did.to_owned());
-        if adopt {
-            let _ = entry.control.send(Control::Adopt(did.to_owned()));
+        if let Some(reason) = adopt {
+            let _ = entry.control.send(Control::Adopt(did.to_owned(), reason));
         }
     }
 
@@ -440,10 +602,43 @@ struct Checked {
 
 type InFlight = FuturesOrdered<futures_util::future::BoxFuture<'static, Ready>>;
 
+/// What a host task is given about itself.
+struct HostLink {
+    host: String,
+    whole: bool,
+    accounts: Arc<Mutex<HashSet<String>>>,
+    /// The task's own control channel: imports and the lister report here.
+    me: mpsc::UnboundedSender<Control>,
+    progress: Arc<Mutex<HostProgress>>,
+}
+
+/// A repo being imported, and what the stream brought meanwhile.
+struct Importing {
+    source: Source,
+    reason: String,
+    /// Commits received during the import, in stream order.
+    buffer: Vec<(i64, Checked, Instant)>,
+    bytes: usize,
+    /// Commits were dropped (buffer full): import again after.
+    overflowed: bool,
+    /// Import again after this one, for this reason.
+    again: Option<(Source, String)>,
+    /// An `#account` event came during the import: its status stands.
+    account_event: bool,
+}
+
+/// A listed head newer than barn's: checked again after the grace period.
+struct Suspect {
+    rev: String,
+    head: cid::Cid,
+    reason: String,
+    at: Instant,
+}
+
 struct HostTask {
     inner: Arc<Inner>,
     host: String,
-    accounts: Arc<Mutex<HashSet<String>>>,
+    link: HostLink,
     pending: Pending,
     writing: Option<Writing>,
     resyncs: VecDeque<(String, Source, String)>,
@@ -452,15 +647,32 @@ struct HostTask {
     /// last one, or failed. Each runs when its time comes, whether or not
     /// another event for the repo arrives.
     deferred: HashMap<String, (Source, String, Instant)>,
+    importing: HashMap<String, Importing>,
+    imports: JoinSet<()>,
+    /// Bytes buffered over all of `importing`.
+    buffered_bytes: usize,
+    imports_done: u64,
+    imports_failed: u64,
+    /// The listing pass under way (saved with every batch).
+    list: Option<ListPass>,
+    last_pass_done_ms: Option<u64>,
+    lister: Option<(JoinHandle<()>, CancellationToken)>,
+    /// A pass asked for while one was running.
+    next_pass: Option<(PassKind, String)>,
+    suspects: HashMap<String, Suspect>,
+    /// Imports queued or running, for the lister's back-pressure.
+    queued: Arc<AtomicUsize>,
+    started_ms: u64,
+    last_progress_log: Instant,
 }
 
 async fn run_host(
     inner: Arc<Inner>,
-    host: String,
-    accounts: Arc<Mutex<HashSet<String>>>,
+    link: HostLink,
     mut control: mpsc::UnboundedReceiver<Control>,
     source: Option<mpsc::Receiver<Bytes>>,
 ) -> Result<()> {
+    let host = link.host.clone();
     let stored = inner.store.host(&host)?;
     let cursor = match &stored {
         Some(h) => h.cursor,
@@ -483,22 +695,48 @@ async fn run_host(
     let mut task = HostTask {
         inner: inner.clone(),
         host: host.clone(),
-        accounts,
-        pending: Pending::new(stored.and_then(|h| h.cursor)),
+        pending: Pending::new(stored.as_ref().and_then(|h| h.cursor)),
         writing: None,
         resyncs: VecDeque::new(),
         last_resync: HashMap::new(),
         deferred: HashMap::new(),
+        importing: HashMap::new(),
+        imports: JoinSet::new(),
+        buffered_bytes: 0,
+        imports_done: 0,
+        imports_failed: 0,
+        list: None,
+        last_pass_done_ms: stored.as_ref().and_then(|h| h.last_pass_done_ms),
+        lister: None,
+        next_pass: None,
+        suspects: HashMap::new(),
+        queued: Arc::new(AtomicUsize::new(0)),
+        started_ms: now_ms(),
+        last_progress_log: Instant::now(),
+        link,
     };
     // Repos left desynchronized (by a failed check, or a crash before
-    // their resync) are resynced first.
+    // their import finished) are imported first.
     for (did, state) in inner.store.repos()? {
         if normalize_host(&state.host) == host && state.sync == SyncState::Desynchronized {
             let reason = state.sync_reason.clone().unwrap_or_default();
-            task.resyncs.push_back((did, Source::Resync, reason));
+            task.resyncs.push_back((did, source_for(&reason), reason));
         }
     }
-    task.drain_resyncs().await?;
+    // A pass cut short by a restart resumes after its last durable page;
+    // a whole host never seen before is backfilled.
+    match stored.as_ref().and_then(|h| h.list.clone()) {
+        Some(pass) => {
+            tracing::info!(%host, kind = ?pass.kind, reason = %pass.reason, cursor = ?pass.cursor, listed = pass.listed, "resuming listRepos pass");
+            let cursor = pass.cursor.clone();
+            task.list = Some(pass);
+            task.spawn_lister(cursor);
+        }
+        None if stored.is_none() && task.link.whole && inner.config.backfill => {
+            task.start_pass(PassKind::Backfill, "backfill".into());
+        }
+        None => {}
+    }
 
     // The pipeline: frames enter `in_flight` in stream order, commits are
     // verified on the pool meanwhile, and come out in the same order to be
@@ -512,6 +750,13 @@ async fn run_host(
         let retry_at = task.next_retry();
         let retry = async move {
             match retry_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let sweep_at = task.next_sweep();
+        let sweep = async move {
+            match sweep_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
@@ -542,24 +787,36 @@ async fn run_host(
                     None => source_done = true,
                 }
             }
-            c = control.recv() => { if let Some(c) = c { task.control(c) } }
-            _ = retry => task.promote_due(),
+            c = control.recv() => { if let Some(c) = c { task.control(c).await? } }
+            _ = retry => task.promote_due()?,
+            _ = sweep => task.start_pass(PassKind::Sweep, "periodic".into()),
             // Nothing else is ready and the disk is free: write now.
             _ = async {}, if can_write => task.start_write(),
         }
-        if source_done && in_flight.is_empty() && task.pending.is_empty() && task.writing.is_none()
+        if source_done
+            && in_flight.is_empty()
+            && task.pending.is_empty()
+            && task.writing.is_none()
+            && task.importing.is_empty()
+            && task.resyncs.is_empty()
+            && task.list.is_none()
         {
             // A finite source (a replay) is fully applied.
             break;
         }
-        if task.pending.is_empty() && task.writing.is_none() && !task.resyncs.is_empty() {
-            task.drain_resyncs().await?;
-        }
+        task.start_imports().await?;
+        task.report();
     }
     // Graceful stop: what was verified becomes durable with its cursor.
     // Frames still being verified are not covered by the cursor; they
-    // come again after a restart.
+    // come again after a restart. Imports under way are dropped: their
+    // repos are durably desynchronized and imported after a restart.
     drop(in_flight);
+    if let Some((lister, cancel)) = task.lister.take() {
+        cancel.cancel();
+        let _ = lister.await;
+    }
+    task.imports.shutdown().await;
     task.flush().await?;
     shutdown.cancel();
     let _ = sub_task.await;
@@ -568,13 +825,24 @@ async fn run_host(
 }
 
 impl HostTask {
-    fn control(&mut self, c: Control) {
+    async fn control(&mut self, c: Control) -> Result<()> {
         match c {
-            Control::Adopt(did) => {
-                self.resyncs
-                    .push_back((did, Source::Resync, format!("moved to {}", self.host)));
+            Control::Adopt(did, reason) => {
+                if let Local::Here(state, false) = self.local(&did)? {
+                    // Remembered from now on, even before its import ends.
+                    self.pending.set_repo(&did, state);
+                }
+                self.queue_resync(&did, Source::Resync, &reason);
             }
+            Control::Imported { did, result } => self.imported(did, result).await?,
+            Control::Listed { page, ack } => {
+                self.listed(page)?;
+                let _ = ack.send(());
+            }
+            Control::ListDone => self.list_done(),
+            Control::StartPass(kind, reason) => self.start_pass(kind, reason),
         }
+        Ok(())
     }
 
     /// Takes one delivery from the subscription: frames join the ordered
@@ -686,10 +954,26 @@ impl HostTask {
             Event::Identity(ev) => self.identity(ev).await?,
             Event::Account(ev) => self.account(ev).await?,
             Event::Info(info) => {
-                tracing::warn!(host = %self.host, name = %info.name, message = ?info.message, "info from host")
+                tracing::warn!(host = %self.host, name = %info.name, message = ?info.message, "info from host");
+                if info.name == "OutdatedCursor" {
+                    // Events were lost between barn's cursor and the
+                    // oldest the host still has: compare every head.
+                    self.inner.metrics.reconcile(&self.host, "outdated_cursor");
+                    self.start_pass(PassKind::Sweep, "OutdatedCursor".into());
+                }
             }
             Event::Error(err) => {
-                tracing::warn!(host = %self.host, error = %err.error, message = ?err.message, "error frame from host")
+                tracing::warn!(host = %self.host, error = %err.error, message = ?err.message, "error frame from host");
+                if err.error == "FutureCursor" {
+                    // The host's sequence was reset: barn's cursor means
+                    // nothing there any more (the subscription reconnects
+                    // live), and whatever happened meanwhile is unknown.
+                    self.inner.metrics.reconcile(&self.host, "future_cursor");
+                    self.pending.cursor = None;
+                    self.pending.cursor_dirty = true;
+                    self.pending.first_at.get_or_insert_with(Instant::now);
+                    self.start_pass(PassKind::Sweep, "FutureCursor".into());
+                }
             }
             Event::Unknown { kind } => {
                 tracing::debug!(host = %self.host, %kind, "unknown event type")
@@ -707,7 +991,7 @@ impl HostTask {
     }
 
     fn tracks(&self, did: &str) -> bool {
-        self.inner.tracks(&self.host, &self.accounts, did)
+        self.inner.tracks(&self.host, &self.link.accounts, did)
     }
 
     /// Whether this task answers for `did`, and if so its state (a new
@@ -806,6 +1090,10 @@ impl HostTask {
     }
 
     fn queue_resync(&mut self, did: &str, source: Source, reason: &str) {
+        if let Some(imp) = self.importing.get_mut(did) {
+            imp.again.get_or_insert((source, reason.to_owned()));
+            return;
+        }
         if self.resyncs.iter().any(|(d, _, _)| d == did) {
             return;
         }
@@ -827,11 +1115,13 @@ impl HostTask {
 
     /// When the earliest deferred resync is due.
     fn next_retry(&self) -> Option<Instant> {
-        self.deferred.values().map(|(_, _, at)| *at).min()
+        let deferred = self.deferred.values().map(|(_, _, at)| *at);
+        deferred.chain(self.suspects.values().map(|s| s.at)).min()
     }
 
-    /// Queues the deferred resyncs whose time has come.
-    fn promote_due(&mut self) {
+    /// Queues the deferred resyncs whose time has come, and the suspects
+    /// the firehose did not explain.
+    fn promote_due(&mut self) -> Result<()> {
         let now = Instant::now();
         let due: Vec<String> = self
             .deferred
@@ -846,6 +1136,7 @@ impl HostTask {
                 self.resyncs.push_back((did, source, reason));
             }
         }
+        self.check_suspects()
     }
 
     /// A tracked `#commit`, in stream order, with what intake and the
@@ -865,6 +1156,44 @@ impl HostTask {
                 return Ok(());
             }
         };
+        if let Some(imp) = self.importing.get_mut(&did) {
+            // Applied on the imported head once the import is done.
+            let size = input.blocks.len();
+            let limits = &self.inner.config;
+            if imp.overflowed {
+                return Ok(());
+            }
+            if imp.bytes + size > limits.repo_buffer_bytes
+                || self.buffered_bytes + size > limits.buffer_bytes
+            {
+                self.buffered_bytes -= imp.bytes;
+                imp.buffer = Vec::new();
+                imp.bytes = 0;
+                imp.overflowed = true;
+                imp.again.get_or_insert_with(|| {
+                    (
+                        Source::Resync,
+                        "commits buffered during an import overflowed".into(),
+                    )
+                });
+                self.inner.metrics.reconcile(&self.host, "buffer_overflow");
+                tracing::warn!(host = %self.host, %did, "buffer full while importing; dropping its commits and importing again after");
+                return Ok(());
+            }
+            imp.bytes += size;
+            self.buffered_bytes += size;
+            imp.buffer.push((
+                seq,
+                Checked {
+                    input,
+                    authority,
+                    result,
+                },
+                received,
+            ));
+            self.inner.metrics.reconcile(&self.host, "buffered");
+            return Ok(());
+        }
         let head = head_of(&state);
         if state.sync == SyncState::Desynchronized && head.is_some() {
             // Waiting for a resync; it will bring this commit's content.
@@ -953,6 +1282,12 @@ impl HostTask {
             self.inner
                 .metrics
                 .verify_failed(&self.host, "sync_not_newer");
+            return Ok(());
+        }
+        if let Some(imp) = self.importing.get_mut(&did) {
+            // The import may have fetched the state before or after the
+            // reset: fetch again once it ends.
+            imp.again = Some((Source::Sync, "sync event".into()));
             return Ok(());
         }
         let Some((here, id)) = self.authority(&did).await? else {
@@ -1063,6 +1398,9 @@ impl HostTask {
         state.active = ev.active;
         state.status = if ev.active { None } else { ev.status.clone() };
         self.pending.set_repo(&did, state);
+        if let Some(imp) = self.importing.get_mut(&did) {
+            imp.account_event = true;
+        }
         Ok(())
     }
 
@@ -1080,6 +1418,8 @@ impl HostTask {
             HostState {
                 cursor: pending.cursor,
                 last_event_ms: now_ms(),
+                list: self.list.clone(),
+                last_pass_done_ms: self.last_pass_done_ms,
             },
         );
         let revisions = batch.revisions();
@@ -1116,7 +1456,8 @@ impl HostTask {
         }
         drop(w.permits);
         for (did, host) in w.moves {
-            self.inner.follow(&host, &did, true);
+            self.inner
+                .follow(&host, &did, Some(format!("moved to {host}")));
         }
         let _ = self.inner.durable.send(Durable {
             host: self.host.clone(),
@@ -1140,31 +1481,6 @@ impl HostTask {
         self.settle().await?;
         self.start_write();
         self.settle().await
-    }
-
-    async fn drain_resyncs(&mut self) -> Result<()> {
-        // Resyncs read the store: everything before them must be in it.
-        self.flush().await?;
-        while let Some((did, source, reason)) = self.resyncs.pop_front() {
-            self.last_resync.insert(did.clone(), Instant::now());
-            self.deferred.remove(&did);
-            match resync(&self.inner, &self.host, &did, source, &reason).await {
-                Ok(outcome) => {
-                    self.inner.metrics.resync(&self.host, outcome);
-                    tracing::info!(host = %self.host, %did, %reason, outcome, "resync");
-                }
-                Err(Error::Store(e)) => return Err(Error::Store(e)),
-                Err(e) => {
-                    self.inner.metrics.resync(&self.host, e.reason());
-                    tracing::warn!(host = %self.host, %did, %reason, error = %e, "resync failed; will retry");
-                    // The repo stays desynchronized in the store; try again
-                    // after `resync_retry` even if no event names it.
-                    let at = Instant::now() + self.inner.config.resync_retry;
-                    self.deferred.insert(did, (source, reason, at));
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1209,225 +1525,399 @@ fn check_sync_commit(
     Ok((root, commit, car.blocks))
 }
 
-/// Fetches the repo from its PDS, verifies it whole, and stores it as a new
-/// revision with the record changes since barn's head. Returns a short
-/// outcome label.
-async fn resync(
-    inner: &Arc<Inner>,
-    host: &str,
-    did: &str,
-    source: Source,
-    reason: &str,
-) -> Result<&'static str> {
-    let id = inner.resolver.refresh(did).await?;
-    let pds = id.pds.clone().ok_or_else(|| Error::Fetch {
-        url: did.to_owned(),
-        message: "DID document names no PDS".into(),
-        xrpc_error: None,
-    })?;
-    let mut state = inner
-        .store
-        .repo(did)?
-        .unwrap_or_else(|| RepoState::new(host));
-    if normalize_host(&pds) != normalize_host(&state.host) {
-        // Not ours to fetch from here: the new host's task adopts it.
-        state.host = normalize_host(&pds);
-        let mut batch = Batch::new();
-        batch.set_repo(did, state);
-        write(&inner.store, batch).await?;
-        inner.follow(&pds, did, true);
-        return Ok("moved");
-    }
-    let url = format!(
-        "{}/xrpc/com.atproto.sync.getRepo",
-        pds.trim_end_matches('/')
-    );
-    let car = match fetch(inner, &url, did).await {
-        Ok(car) => car,
-        Err(Error::Fetch {
-            xrpc_error: Some(name),
-            ..
-        }) if matches!(
-            name.as_str(),
-            "RepoNotFound" | "RepoDeactivated" | "RepoTakendown" | "RepoSuspended"
-        ) =>
-        {
-            // Nothing to fetch; keep what is stored, record the status.
-            state.active = false;
-            state.status = Some(
-                match name.as_str() {
-                    "RepoNotFound" => "deleted",
-                    "RepoDeactivated" => "deactivated",
-                    "RepoTakendown" => "takendown",
-                    _ => "suspended",
-                }
-                .to_owned(),
-            );
-            state.sync = SyncState::Synchronized;
-            state.sync_reason = Some(name);
-            let mut batch = Batch::new();
-            batch.set_repo(did, state);
-            write(&inner.store, batch).await?;
-            return Ok("inactive");
-        }
-        Err(e) => return Err(e),
-    };
-    let store = inner.store.clone();
-    let did_owned = did.to_owned();
-    let host = normalize_host(host);
-    let reason = reason.to_owned();
-    tokio::task::spawn_blocking(move || {
-        import(&store, &did_owned, &host, &id, car, source, &reason, state)
-    })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))?
-}
-
-/// Writes `batch` (atomic, fsynced) off the async threads.
-async fn write(store: &Arc<Store>, batch: Batch) -> Result<()> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.write(batch))
-        .await
-        .map_err(|e| Error::Task(e.to_string()))??;
-    Ok(())
-}
-
-async fn fetch(inner: &Arc<Inner>, url: &str, did: &str) -> Result<Bytes> {
-    let fetch_err = |message: String, xrpc_error: Option<String>| Error::Fetch {
-        url: url.to_owned(),
-        message,
-        xrpc_error,
-    };
-    let resp = inner
-        .http
-        .get(url)
-        .query(&[("did", did)])
-        .send()
-        .await
-        .map_err(|e| fetch_err(e.to_string(), None))?;
-    let status = resp.status();
-    if let Some(len) = resp.content_length()
-        && len > inner.config.max_repo_bytes
-    {
-        return Err(fetch_err(
-            format!("repo of {len} bytes is over the limit"),
-            None,
-        ));
-    }
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| fetch_err(e.to_string(), None))?;
-    if !status.is_success() {
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let name = json["error"].as_str().map(str::to_owned);
-        return Err(fetch_err(
-            format!("{status}: {}", String::from_utf8_lossy(&body)),
-            name,
-        ));
-    }
-    Ok(body)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn import(
-    store: &Store,
-    did: &str,
-    host: &str,
-    id: &Identity,
-    car: Bytes,
-    source: Source,
-    reason: &str,
-    mut state: RepoState,
-) -> Result<&'static str> {
-    let repo_err = |e: barn_repo::Error| Error::Repo {
-        did: did.to_owned(),
-        source: Box::new(e),
-    };
-    let file = read_car(car, &CarLimits::default()).map_err(repo_err)?;
-    let root = *file
-        .root()
-        .ok_or_else(|| repo_err(barn_repo::Error::CarHeader("no root".into())))?;
-    let verified =
-        verify_repo(&file.blocks, &root, Some(did), Some(&id.signing_key)).map_err(repo_err)?;
-    let mut batch = Batch::new();
-    let outcome = if state.head == Some(root) {
-        "unchanged"
-    } else if state
-        .rev
-        .as_deref()
-        .is_some_and(|r| verified.commit.rev.as_str() <= r)
-    {
-        // The host serves an older revision than barn holds: keep barn's.
-        "older"
+/// The history source of an import resumed after a restart, from the
+/// reason stored with the repo's desynchronized mark.
+fn source_for(reason: &str) -> Source {
+    if reason.starts_with("reconcile") {
+        Source::Reconcile
+    } else if reason.starts_with("sync event") {
+        Source::Sync
     } else {
-        let current: HashMap<String, cid::Cid> = store.records(did)?.into_iter().collect();
-        let mut ops = Vec::new();
-        let new: HashMap<&str, cid::Cid> = verified
-            .records
-            .iter()
-            .map(|(p, c)| (p.as_str(), *c))
-            .collect();
-        for (path, cid) in &verified.records {
-            match current.get(path) {
-                None => ops.push(Op {
-                    action: OpAction::Create,
-                    path: path.clone(),
-                    cid: Some(*cid),
-                    prev: None,
-                }),
-                Some(old) if old != cid => ops.push(Op {
-                    action: OpAction::Update,
-                    path: path.clone(),
-                    cid: Some(*cid),
-                    prev: Some(*old),
-                }),
-                Some(_) => {}
-            }
-        }
-        for (path, old) in &current {
-            if !new.contains_key(path.as_str()) {
-                ops.push(Op {
-                    action: OpAction::Delete,
-                    path: path.clone(),
-                    cid: None,
-                    prev: Some(*old),
-                });
-            }
-        }
-        ops.sort_by(|a, b| a.path.cmp(&b.path));
-        for op in &ops {
-            batch.set_record(did, &op.path, op.cid);
-        }
-        for (cid, data) in file.blocks.iter() {
-            batch.put_block(*cid, data.clone());
-        }
-        batch.put_revision(
-            did,
-            CommitEntry {
-                rev: verified.commit.rev.clone(),
-                cid: root,
-                data: verified.commit.data,
-                since: state.rev.clone(),
-                seen_at_ms: now_ms(),
-                source,
-                seq: None,
-                host: host.to_owned(),
-                ops,
-                reason: Some(reason.to_owned()),
-            },
-        );
-        state.advance(root, verified.commit.rev.clone(), verified.commit.data);
-        "imported"
-    };
-    state.sync = SyncState::Synchronized;
-    state.sync_reason = None;
-    state.active = true;
-    state.status = None;
-    if state.handle.is_none() {
-        state.handle = id.handle.clone();
+        Source::Resync
     }
-    batch.set_repo(did, state);
-    store.write(batch)?;
-    Ok(outcome)
+}
+
+// ---------------------------------------------------------------------------
+// imports and listing passes (see `import.rs` and `listing.rs`)
+
+impl HostTask {
+    /// Starts queued imports while this host and the whole mirror have
+    /// room. Each repo is marked desynchronized and that mark made durable
+    /// first (see the module's tricky bits).
+    async fn start_imports(&mut self) -> Result<()> {
+        while self.imports.try_join_next().is_some() {}
+        let limit = self.inner.config.max_imports_per_host.max(1);
+        if self.resyncs.is_empty() || self.importing.len() >= limit {
+            return Ok(());
+        }
+        let mut jobs = Vec::new();
+        let mut flush = false;
+        while self.importing.len() < limit {
+            let Some((did, source, reason)) = self.resyncs.pop_front() else {
+                break;
+            };
+            if self.importing.contains_key(&did) {
+                continue;
+            }
+            let mut state = match self.local(&did)? {
+                Local::Here(state, _) => state,
+                Local::Untracked | Local::Elsewhere => continue,
+            };
+            self.last_resync.insert(did.clone(), Instant::now());
+            self.deferred.remove(&did);
+            self.suspects.remove(&did);
+            if state.sync != SyncState::Desynchronized
+                || state.sync_reason.as_deref() != Some(reason.as_str())
+            {
+                state.sync = SyncState::Desynchronized;
+                state.sync_reason = Some(reason.clone());
+                self.pending.set_repo(&did, state.clone());
+            }
+            flush |= self.pending.overlay.contains_key(&did)
+                || self
+                    .writing
+                    .as_ref()
+                    .is_some_and(|w| w.overlay.contains_key(&did));
+            self.importing.insert(
+                did.clone(),
+                Importing {
+                    source,
+                    reason: reason.clone(),
+                    buffer: Vec::new(),
+                    bytes: 0,
+                    overflowed: false,
+                    again: None,
+                    account_event: false,
+                },
+            );
+            jobs.push(Job {
+                did,
+                source,
+                reason,
+                state,
+            });
+        }
+        if flush {
+            // The import reads the record index and the mark must be
+            // durable before anything is buffered past the cursor.
+            self.flush().await?;
+        }
+        for job in jobs {
+            let inner = self.inner.clone();
+            let host = self.host.clone();
+            let me = self.link.me.clone();
+            tracing::debug!(host = %self.host, did = %job.did, reason = %job.reason, "import starting");
+            self.imports.spawn(async move {
+                let permit = inner.imports.clone().acquire_owned().await;
+                let result = match permit {
+                    Ok(_permit) => crate::import::run(&inner, &host, &job).await,
+                    Err(e) => Err(Error::Task(e.to_string())),
+                };
+                let _ = me.send(Control::Imported {
+                    did: job.did,
+                    result,
+                });
+            });
+        }
+        Ok(())
+    }
+
+    /// An import ended: set the head, replay the buffered commits, or
+    /// schedule a retry.
+    async fn imported(&mut self, did: String, result: Result<Outcome>) -> Result<()> {
+        let Some(imp) = self.importing.remove(&did) else {
+            return Ok(());
+        };
+        self.buffered_bytes -= imp.bytes;
+        self.imports_done += 1;
+        let mut state = self
+            .state(&did)?
+            .unwrap_or_else(|| RepoState::new(&self.host));
+        match result {
+            Ok(Outcome::Stored {
+                label,
+                head,
+                handle,
+                fetch,
+            }) => {
+                if state.rev.as_deref().is_none_or(|r| head.rev.as_str() > r) {
+                    state.advance(head.cid, head.rev.clone(), head.data);
+                }
+                state.sync = SyncState::Synchronized;
+                state.sync_reason = None;
+                if !imp.account_event {
+                    // The host served it: the account is active.
+                    state.active = true;
+                    state.status = None;
+                }
+                if state.handle.is_none() {
+                    state.handle = handle;
+                }
+                self.pending.set_repo(&did, state);
+                self.inner.metrics.resync(&self.host, label);
+                self.inner.metrics.import_fetch(&self.host, fetch);
+                tracing::info!(host = %self.host, %did, reason = %imp.reason, outcome = label, fetch, rev = %head.rev, buffered = imp.buffer.len(), "import");
+                for (seq, checked, received) in imp.buffer {
+                    self.commit(seq, checked, received).await?;
+                }
+            }
+            Ok(Outcome::Inactive { status, error }) => {
+                state.active = false;
+                state.status = Some(status.to_owned());
+                state.sync = SyncState::Synchronized;
+                state.sync_reason = Some(error);
+                self.pending.set_repo(&did, state);
+                self.inner.metrics.resync(&self.host, "inactive");
+                tracing::info!(host = %self.host, %did, status, "import: the host does not serve the repo; status recorded, nothing deleted");
+            }
+            Ok(Outcome::Moved { pds }) => {
+                self.inner.metrics.resync(&self.host, "moved");
+                if normalize_host(&state.host) == self.host {
+                    tracing::info!(%did, from = %self.host, to = %pds, "account moved; following it");
+                    self.inner.metrics.moved(&self.host);
+                    state.host = pds.clone();
+                    self.pending.set_repo(&did, state);
+                    self.pending.moves.push((did.clone(), pds));
+                }
+                return Ok(());
+            }
+            Err(Error::Store(e)) => return Err(Error::Store(e)),
+            Err(e) => {
+                self.imports_failed += 1;
+                self.inner.metrics.resync(&self.host, e.reason());
+                tracing::warn!(host = %self.host, %did, reason = %imp.reason, error = %e, "import failed; will retry");
+                // The repo stays desynchronized in the store; try again
+                // after `resync_retry` even if no event names it.
+                let at = Instant::now() + self.inner.config.resync_retry;
+                self.deferred.insert(did, (imp.source, imp.reason, at));
+                return Ok(());
+            }
+        }
+        if let Some((source, reason)) = imp.again {
+            self.queue_resync(&did, source, &reason);
+        }
+        Ok(())
+    }
+
+    /// Starts a listing pass, or queues one behind the pass under way. A
+    /// host followed for some accounts only cannot be listed: each of its
+    /// accounts is imported instead (an unchanged one writes nothing).
+    fn start_pass(&mut self, kind: PassKind, reason: String) {
+        let whole = self
+            .inner
+            .lock_hosts()
+            .get(&self.host)
+            .is_some_and(|e| e.whole);
+        if !whole {
+            let accounts: Vec<String> = self
+                .link
+                .accounts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            for did in accounts {
+                if let Ok(Local::Here(_, true)) = self.local(&did) {
+                    let why = format!("reconcile ({reason})");
+                    self.queue_resync(&did, Source::Reconcile, &why);
+                }
+            }
+            return;
+        }
+        if self.list.is_some() {
+            self.next_pass.get_or_insert((kind, reason));
+            return;
+        }
+        tracing::info!(host = %self.host, ?kind, %reason, "listing host");
+        self.inner.metrics.reconcile(&self.host, "pass_started");
+        self.list = Some(ListPass {
+            kind,
+            reason,
+            cursor: None,
+            started_ms: now_ms(),
+            listed: 0,
+        });
+        self.pending.cursor_dirty = true;
+        self.pending.first_at.get_or_insert_with(Instant::now);
+        self.spawn_lister(None);
+    }
+
+    fn spawn_lister(&mut self, cursor: Option<String>) {
+        if let Some((_, cancel)) = self.lister.take() {
+            cancel.cancel();
+        }
+        let cancel = self.inner.shutdown.child_token();
+        let handle = tokio::spawn(crate::listing::run(
+            self.inner.clone(),
+            self.host.clone(),
+            cursor,
+            self.link.me.clone(),
+            self.queued.clone(),
+            cancel.clone(),
+        ));
+        self.lister = Some((handle, cancel));
+    }
+
+    /// A page of the listing: new repos are queued for import, changed
+    /// statuses applied, newer heads become suspects. The pass's cursor
+    /// goes into the same batch.
+    fn listed(&mut self, page: Page) -> Result<()> {
+        let Some(pass) = self.list.clone() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        for r in &page.repos {
+            let (mut state, known) = match self.local(&r.did)? {
+                Local::Here(state, known) => (state, known),
+                Local::Untracked | Local::Elsewhere => continue,
+            };
+            self.inner.metrics.reconcile(&self.host, "listed");
+            if !known {
+                let (source, reason) = match pass.kind {
+                    PassKind::Backfill => (Source::Resync, pass.reason.clone()),
+                    PassKind::Sweep => (
+                        Source::Reconcile,
+                        format!("reconcile ({}): not seen before", pass.reason),
+                    ),
+                };
+                state.sync_reason = Some(reason.clone());
+                state.active = r.active;
+                state.status = if r.active { None } else { r.status.clone() };
+                self.pending.set_repo(&r.did, state);
+                self.queue_resync(&r.did, source, &reason);
+                continue;
+            }
+            if self.importing.contains_key(&r.did) {
+                continue;
+            }
+            if state.active != r.active
+                || (!r.active && r.status.is_some() && state.status != r.status)
+            {
+                // An `#account` event barn missed.
+                tracing::info!(host = %self.host, did = %r.did, active = r.active, status = ?r.status, "account status from listRepos");
+                self.inner.metrics.reconcile(&self.host, "status_changed");
+                state.active = r.active;
+                state.status = if r.active { None } else { r.status.clone() };
+                self.pending.set_repo(&r.did, state.clone());
+            }
+            if state.head == Some(r.head) {
+                continue;
+            }
+            match state.rev.as_deref() {
+                Some(ours) if r.rev.as_str() < ours || r.rev.as_str() == ours => {
+                    // The host lists an older or forked head: barn keeps
+                    // its own (history only moves forward) and says so.
+                    self.inner.metrics.reconcile(&self.host, "host_behind");
+                    tracing::warn!(host = %self.host, did = %r.did, host_rev = %r.rev, barn_rev = ours, "host lists an older or different head than barn's");
+                }
+                _ => {
+                    self.suspects.entry(r.did.clone()).or_insert(Suspect {
+                        rev: r.rev.clone(),
+                        head: r.head,
+                        reason: pass.reason.clone(),
+                        at: now + self.inner.config.reconcile_grace,
+                    });
+                }
+            }
+        }
+        if let Some(list) = self.list.as_mut() {
+            list.listed += page.repos.len() as u64;
+            list.cursor = page.cursor;
+        }
+        self.pending.cursor_dirty = true;
+        self.pending.first_at.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    fn list_done(&mut self) {
+        let Some(pass) = self.list.take() else {
+            return;
+        };
+        self.lister = None;
+        self.last_pass_done_ms = Some(now_ms());
+        self.pending.cursor_dirty = true;
+        self.pending.first_at.get_or_insert_with(Instant::now);
+        self.inner.metrics.reconcile(&self.host, "pass_done");
+        tracing::info!(host = %self.host, kind = ?pass.kind, reason = %pass.reason, listed = pass.listed, "listing done");
+        if let Some((kind, reason)) = self.next_pass.take() {
+            self.start_pass(kind, reason);
+        }
+    }
+
+    /// When the next periodic pass is due (none while one runs).
+    fn next_sweep(&self) -> Option<Instant> {
+        let every = self.inner.config.reconcile_interval;
+        if every.is_zero() || self.list.is_some() {
+            return None;
+        }
+        let base = self.last_pass_done_ms.unwrap_or(self.started_ms);
+        let due_ms = base.saturating_add(every.as_millis().try_into().unwrap_or(u64::MAX));
+        Some(Instant::now() + Duration::from_millis(due_ms.saturating_sub(now_ms())))
+    }
+
+    /// Suspects whose grace period is over: fetched if the firehose has
+    /// not brought barn to the listed rev meanwhile.
+    fn check_suspects(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .suspects
+            .iter()
+            .filter(|(_, s)| s.at <= now)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for did in due {
+            let Some(s) = self.suspects.remove(&did) else {
+                continue;
+            };
+            let state = self.state(&did)?;
+            let barn_rev = state.as_ref().and_then(|st| st.rev.clone());
+            if barn_rev.as_deref().is_some_and(|r| r >= s.rev.as_str()) {
+                self.inner
+                    .metrics
+                    .reconcile(&self.host, "suspect_explained");
+                continue;
+            }
+            self.inner.metrics.reconcile(&self.host, "suspect_fetched");
+            let reason = format!(
+                "reconcile ({}): host at rev {} (head {}), barn at {} after {:?}",
+                s.reason,
+                s.rev,
+                s.head,
+                barn_rev.as_deref().unwrap_or("nothing"),
+                self.inner.config.reconcile_grace
+            );
+            self.queue_resync(&did, Source::Reconcile, &reason);
+        }
+        Ok(())
+    }
+
+    /// Publishes progress, and logs it every 10 s while there is work.
+    fn report(&mut self) {
+        let queued = self.resyncs.len() + self.importing.len();
+        self.queued.store(queued, Ordering::Relaxed);
+        let mut p = self.link.progress.lock().unwrap_or_else(|p| p.into_inner());
+        p.pass = self.list.clone();
+        p.last_pass_done_ms = self.last_pass_done_ms;
+        p.queued = self.resyncs.len();
+        p.importing = self.importing.len();
+        p.imports_done = self.imports_done;
+        p.imports_failed = self.imports_failed;
+        p.cursor = self.pending.cursor;
+        drop(p);
+        if (queued > 0 || self.list.is_some())
+            && self.last_progress_log.elapsed() >= Duration::from_secs(10)
+        {
+            self.last_progress_log = Instant::now();
+            tracing::info!(
+                host = %self.host,
+                listed = self.list.as_ref().map(|l| l.listed),
+                queued = self.resyncs.len(),
+                importing = self.importing.len(),
+                done = self.imports_done,
+                failed = self.imports_failed,
+                "backfill/reconcile progress"
+            );
+        }
+    }
 }

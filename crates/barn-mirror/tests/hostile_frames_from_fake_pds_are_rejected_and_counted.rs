@@ -211,6 +211,8 @@ async fn hostile_frames_from_a_fake_pds_are_rejected_counted_and_survived() {
     let metrics = Metrics::new().unwrap();
     let config = MirrorConfig {
         new_host_cursor: Some(0),
+        // Frames are what is tested here; the accounts come from them.
+        backfill: false,
         max_frame_bytes: 64 << 10,
         backoff_min: Duration::from_millis(50),
         resync_retry: Duration::from_millis(200),

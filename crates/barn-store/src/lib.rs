@@ -7,7 +7,7 @@
 //! | `repos` | DID | [`RepoState`]: head, rev, status, host, sync state |
 //! | `commits` | DID ‖ 0 ‖ rev | [`CommitEntry`]: commit CID, MST root, seen-at, source, ops |
 //! | `records` | DID ‖ 0 ‖ collection/rkey | record CID (current state only) |
-//! | `hosts` | host URL | [`HostState`]: cursor, last event time |
+//! | `hosts` | host URL | [`HostState`]: cursor, last event time, `listRepos` pass |
 //! | `events` | barn seq (u64 BE) | (DID, rev): global order of stored revisions |
 //! | `meta` | `format`; `dict` ‖ id | store format (1); zstd dictionaries of block values |
 //!
@@ -22,5 +22,7 @@ mod store;
 
 pub use codec::{BlockCodec, DictionarySource};
 pub use error::{Error, Result};
-pub use model::{CommitEntry, HostState, Op, OpAction, RepoState, Source, SyncState};
+pub use model::{
+    CommitEntry, HostState, ListPass, Op, OpAction, PassKind, RepoState, Source, SyncState,
+};
 pub use store::{Batch, Store, StoreBlocks, StoreOptions, now_ms};

@@ -161,11 +161,45 @@ impl RepoState {
     }
 }
 
-/// A tracked host's stream position.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A tracked host's stream position, and where its listing is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostState {
     /// The last sequence number whose effects are durable.
     pub cursor: Option<i64>,
     /// When the last event was processed, ms since the Unix epoch.
     pub last_event_ms: u64,
+    /// The `listRepos` pass under way, if any: a restart resumes it.
+    #[serde(default)]
+    pub list: Option<ListPass>,
+    /// When the last `listRepos` pass over the host finished, ms since
+    /// the Unix epoch: the periodic reconcile counts from there.
+    #[serde(default)]
+    pub last_pass_done_ms: Option<u64>,
+}
+
+/// Why a host is being listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PassKind {
+    /// First sight of a whole host: every account is fetched.
+    Backfill,
+    /// A reconcile: every listed head is compared with barn's.
+    Sweep,
+}
+
+/// A `listRepos` pass over a host, saved with every page's results so
+/// that a restart resumes after the last page whose repos are durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPass {
+    /// Backfill or sweep.
+    pub kind: PassKind,
+    /// Why it runs (`backfill`, `periodic`, `OutdatedCursor`, …): the
+    /// reason recorded with each revision it leads to.
+    pub reason: String,
+    /// The cursor for the next page; `None` before the first.
+    pub cursor: Option<String>,
+    /// When the pass started, ms since the Unix epoch.
+    pub started_ms: u64,
+    /// Repos listed so far.
+    pub listed: u64,
 }

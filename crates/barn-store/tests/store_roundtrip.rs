@@ -79,6 +79,7 @@ fn snapshot(
         HostState {
             cursor: Some(42),
             last_event_ms: 5,
+            ..Default::default()
         },
     );
     store.write(batch).unwrap();
