@@ -343,7 +343,12 @@ impl Mirror {
                 message: "the DID document names no PDS".into(),
                 xrpc_error: None,
             })?;
-        self.inner.follow(&pds, did, Some("track account".into()));
+        // A repo barn already holds is followed where barn last saw it;
+        // one it does not is imported from its PDS.
+        match self.inner.store.repo(did)? {
+            Some(state) => self.inner.follow(&state.host, did, None),
+            None => self.inner.follow(&pds, did, Some("track account".into())),
+        }
         Ok(pds)
     }
 

@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub plc_url: Option<String>,
     /// Hosts tracked whole.
     pub hosts: Option<Vec<String>>,
+    /// Accounts (DIDs) tracked wherever they are hosted.
+    pub accounts: Option<Vec<String>>,
     /// Accept `http://localhost` did:web documents (tests only).
     pub allow_http_localhost: Option<bool>,
     /// Mirror tuning.
@@ -36,6 +38,20 @@ pub struct RawMirror {
     pub max_frame_bytes: Option<usize>,
     /// Reconnect a socket silent for this many seconds.
     pub watchdog_secs: Option<u64>,
+    /// List a new whole host and import every account on it.
+    pub backfill: Option<bool>,
+    /// Imports at once, all hosts together.
+    pub max_imports: Option<usize>,
+    /// Imports at once on one host.
+    pub max_imports_per_host: Option<usize>,
+    /// `listRepos` page size.
+    pub list_page: Option<usize>,
+    /// Seconds between reconcile passes over a whole host; 0 turns them off.
+    pub reconcile_interval_secs: Option<u64>,
+    /// Seconds the firehose gets to explain a listed head newer than barn's.
+    pub reconcile_grace_secs: Option<u64>,
+    /// Milliseconds before a failed import of a repo is tried again.
+    pub resync_retry_ms: Option<u64>,
 }
 
 /// The validated configuration.
@@ -47,6 +63,8 @@ pub struct Config {
     pub plc_url: String,
     /// Hosts tracked whole, normalized.
     pub hosts: Vec<String>,
+    /// Accounts tracked wherever hosted.
+    pub accounts: Vec<String>,
     /// Tests only.
     pub allow_http_localhost: bool,
     /// Mirror settings.
@@ -66,6 +84,7 @@ impl RawConfig {
         self.data_dir = other.data_dir.or(self.data_dir);
         self.plc_url = other.plc_url.or(self.plc_url);
         self.hosts = other.hosts.or(self.hosts);
+        self.accounts = other.accounts.or(self.accounts);
         self.allow_http_localhost = other.allow_http_localhost.or(self.allow_http_localhost);
         self.mirror = match (self.mirror, other.mirror) {
             (Some(a), Some(b)) => Some(RawMirror {
@@ -73,6 +92,13 @@ impl RawConfig {
                 group_commit_delay_ms: b.group_commit_delay_ms.or(a.group_commit_delay_ms),
                 max_frame_bytes: b.max_frame_bytes.or(a.max_frame_bytes),
                 watchdog_secs: b.watchdog_secs.or(a.watchdog_secs),
+                backfill: b.backfill.or(a.backfill),
+                max_imports: b.max_imports.or(a.max_imports),
+                max_imports_per_host: b.max_imports_per_host.or(a.max_imports_per_host),
+                list_page: b.list_page.or(a.list_page),
+                reconcile_interval_secs: b.reconcile_interval_secs.or(a.reconcile_interval_secs),
+                reconcile_grace_secs: b.reconcile_grace_secs.or(a.reconcile_grace_secs),
+                resync_retry_ms: b.resync_retry_ms.or(a.resync_retry_ms),
             }),
             (a, b) => b.or(a),
         };
@@ -89,6 +115,15 @@ impl RawConfig {
         for h in self.hosts.unwrap_or_default() {
             check_url("hosts", &h)?;
             hosts.push(barn_mirror::normalize_host(&h));
+        }
+        let mut accounts = Vec::new();
+        for did in self.accounts.unwrap_or_default() {
+            if !did.starts_with("did:plc:") && !did.starts_with("did:web:") {
+                bail!(
+                    "accounts: {did:?} is not a DID; write it like did:plc:abc123 (a handle must be resolved to its DID first)"
+                );
+            }
+            accounts.push(did);
         }
         let mut mirror = barn_mirror::MirrorConfig::default();
         if let Some(m) = self.mirror {
@@ -120,11 +155,47 @@ impl RawConfig {
                 }
                 mirror.watchdog = Duration::from_secs(s);
             }
+            if let Some(b) = m.backfill {
+                mirror.backfill = b;
+            }
+            if let Some(n) = m.max_imports {
+                if n == 0 {
+                    bail!("mirror.max_imports must be at least 1 (default 4)");
+                }
+                mirror.max_imports = n;
+            }
+            if let Some(n) = m.max_imports_per_host {
+                if n == 0 {
+                    bail!("mirror.max_imports_per_host must be at least 1 (default 2)");
+                }
+                mirror.max_imports_per_host = n;
+            }
+            if let Some(n) = m.list_page {
+                if !(1..=1000).contains(&n) {
+                    bail!("mirror.list_page = {n}: listRepos pages hold 1 to 1000 repos (default 1000)");
+                }
+                mirror.list_page = n;
+            }
+            if let Some(s) = m.reconcile_interval_secs {
+                if s != 0 && s < 60 {
+                    bail!(
+                        "mirror.reconcile_interval_secs = {s} would list every host more than once a minute; use 0 (off) or at least 60 (default 86400)"
+                    );
+                }
+                mirror.reconcile_interval = Duration::from_secs(s);
+            }
+            if let Some(s) = m.reconcile_grace_secs {
+                mirror.reconcile_grace = Duration::from_secs(s);
+            }
+            if let Some(ms) = m.resync_retry_ms {
+                mirror.resync_retry = Duration::from_millis(ms);
+            }
         }
         Ok(Config {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
             plc_url: plc_url.trim_end_matches('/').to_owned(),
             hosts,
+            accounts,
             allow_http_localhost: self.allow_http_localhost.unwrap_or(false),
             mirror,
         })

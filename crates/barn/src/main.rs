@@ -70,6 +70,10 @@ struct ServeArgs {
     /// in the environment, comma-separated).
     #[arg(long = "host", env = "BARN_HOSTS", value_delimiter = ',')]
     hosts: Vec<String>,
+    /// An account (DID) to back up wherever it is hosted (repeatable; in
+    /// the environment, comma-separated).
+    #[arg(long = "account", env = "BARN_ACCOUNTS", value_delimiter = ',')]
+    accounts: Vec<String>,
     /// PLC directory (default https://plc.directory).
     #[arg(long, env = "BARN_PLC_URL")]
     plc_url: Option<String>,
@@ -161,6 +165,7 @@ fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         plc_url: args.plc_url,
         hosts: (!args.hosts.is_empty()).then_some(args.hosts),
+        accounts: (!args.accounts.is_empty()).then_some(args.accounts),
         allow_http_localhost: args.allow_http_localhost.then_some(true),
         mirror: None,
     };

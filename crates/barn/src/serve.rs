@@ -34,9 +34,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mirror = Mirror::new(store.clone(), resolver, config.mirror.clone(), metrics);
     mirror.start(&config.hosts).context("starting the mirror")?;
+    for did in &config.accounts {
+        match mirror.track_account(did).await {
+            Ok(pds) => tracing::info!(%did, %pds, "tracking account"),
+            // Not fatal: the other hosts and accounts go on.
+            Err(e) => tracing::error!(%did, error = %e, "cannot track account (does the DID resolve?)"),
+        }
+    }
     tracing::info!(
         data_dir = %config.data_dir.display(),
         hosts = ?config.hosts,
+        accounts = config.accounts.len(),
         "barn is running"
     );
 
