@@ -99,10 +99,12 @@ pub struct MirrorConfig {
     /// Commits of one host being verified at once, ahead of the one
     /// being applied.
     pub pipeline_depth: usize,
-    /// Cursor for a host barn has never followed: `None` (the default)
-    /// starts live, and [`MirrorConfig::backfill`] lists the host to fetch
-    /// every account; `Some(0)` replays the host's whole backlog (each
-    /// unknown repo is then imported when it first appears).
+    /// Cursor for a host barn has never followed. `Some(0)` (the default)
+    /// replays the host's whole backlog: every commit it still holds for a
+    /// repo created within it is kept as history, and any other repo is
+    /// imported when it first appears (if the listing has not got to it
+    /// yet). `None` starts live. Either way [`MirrorConfig::backfill`]
+    /// lists the host to fetch every account.
     pub new_host_cursor: Option<i64>,
     /// List a whole host barn has never followed (`listRepos`) and import
     /// every account on it.
@@ -149,7 +151,7 @@ impl Default for MirrorConfig {
             group_commit_delay: Duration::from_millis(5),
             verify_threads: 0,
             pipeline_depth: 256,
-            new_host_cursor: None,
+            new_host_cursor: Some(0),
             backfill: true,
             max_imports: 4,
             max_imports_per_host: 2,

@@ -46,6 +46,9 @@ pub struct RawMirror {
     pub max_imports_per_host: Option<usize>,
     /// `listRepos` page size.
     pub list_page: Option<usize>,
+    /// Fetch the next `listRepos` page only while fewer imports than this
+    /// are queued for the host.
+    pub list_queue_max: Option<usize>,
     /// Seconds between reconcile passes over a whole host; 0 turns them off.
     pub reconcile_interval_secs: Option<u64>,
     /// Seconds the firehose gets to explain a listed head newer than barn's.
@@ -96,6 +99,7 @@ impl RawConfig {
                 max_imports: b.max_imports.or(a.max_imports),
                 max_imports_per_host: b.max_imports_per_host.or(a.max_imports_per_host),
                 list_page: b.list_page.or(a.list_page),
+                list_queue_max: b.list_queue_max.or(a.list_queue_max),
                 reconcile_interval_secs: b.reconcile_interval_secs.or(a.reconcile_interval_secs),
                 reconcile_grace_secs: b.reconcile_grace_secs.or(a.reconcile_grace_secs),
                 resync_retry_ms: b.resync_retry_ms.or(a.resync_retry_ms),
@@ -175,6 +179,12 @@ impl RawConfig {
                     bail!("mirror.list_page = {n}: listRepos pages hold 1 to 1000 repos (default 1000)");
                 }
                 mirror.list_page = n;
+            }
+            if let Some(n) = m.list_queue_max {
+                if n == 0 {
+                    bail!("mirror.list_queue_max must be at least 1 (default 1000)");
+                }
+                mirror.list_queue_max = n;
             }
             if let Some(s) = m.reconcile_interval_secs {
                 if s != 0 && s < 60 {
