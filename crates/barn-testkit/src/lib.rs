@@ -32,6 +32,6 @@ pub mod xrpc;
 pub use compare::{Comparison, Identity, compare_cars, compare_with_pds};
 pub use error::{Error, Result};
 pub use fake_pds::{AccountHead, DraftCommit, DraftOptions, FakeAccount, FakePds, did_doc};
-pub use network::{Network, Pds, Plc};
+pub use network::{Network, NetworkOptions, Pds, Plc};
 pub use workload::{AccountSummary, Summary, WorkloadOptions};
 pub use xrpc::{Client, XrpcError};
