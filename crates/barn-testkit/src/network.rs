@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::process::{NodeProcess, ensure_installed, free_port};
-use crate::workload::{Summary, WorkloadOptions};
+use crate::workload::{Summary, WorkloadOptions, WorkloadRun};
 
 /// How long a service may take to print its ready line. Start-up takes
 /// about a second; a loaded CI machine gets slack.
@@ -245,9 +245,16 @@ impl Network {
             .collect()
     }
 
-    /// Runs the seeded workload driver against this network.
+    /// Runs the seeded workload driver against this network to the end.
     pub async fn run_workload(&self, opts: &WorkloadOptions) -> Result<Summary> {
-        crate::workload::run(self, opts).await
+        self.start_workload(opts).await?.finish().await
+    }
+
+    /// Starts the seeded workload driver against this network and returns
+    /// at once; with [`WorkloadOptions::pause_at`], see
+    /// [`WorkloadRun::wait_paused`] and [`WorkloadRun::resume`].
+    pub async fn start_workload(&self, opts: &WorkloadOptions) -> Result<WorkloadRun> {
+        WorkloadRun::start(self, opts)
     }
 
     /// Stops every service (SIGTERM, SIGKILL after a grace period) and
