@@ -17,9 +17,11 @@
 //! - [`compare_with_pds`] checks barn's CAR of a DID against the PDS's
 //!   `getRepo`: same commit and rev, same records, every block hash, the
 //!   signature against the DID document.
-//! - [`FakePds`] serves crafted `subscribeRepos` frames, `getRepo` CARs
-//!   and DID documents from 127.0.0.1, and [`FakeAccount`] drafts valid
-//!   commits to break one thing at a time (hostile-input tests).
+//! - [`FakePds`] serves crafted `subscribeRepos` frames, `getRepo` CARs,
+//!   `listRepos` pages, `getLatestCommit` / `getRepoStatus` with settable
+//!   hosting status, and DID documents from 127.0.0.1, and logs what was
+//!   asked; [`FakeAccount`] drafts valid commits to break one thing at a
+//!   time (hostile-input and backfill tests).
 //!
 //! Nothing here is used by barn itself; it is a dev-dependency only.
 
