@@ -5,7 +5,8 @@
 //!   moves while paused) and finishes normally once resumed;
 //! - PDSes started with a 2 s firehose backlog answer an old cursor with
 //!   `#info OutdatedCursor`, and still do after a restart (the option is
-//!   kept), then send only live events when nothing is inside the window.
+//!   kept), then send only live events when nothing is inside the window;
+//! - a driver that fails before its pause is reported, not waited for.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use barn_firehose::{Event, InfoEvent, decode_frame};
-use barn_testkit::{Client, Network, NetworkOptions, Pause, WorkloadOptions};
+use barn_testkit::{Client, Error, Network, NetworkOptions, Pause, WorkloadOptions};
 
 const BACKLOG: Duration = Duration::from_secs(2);
 
@@ -77,6 +78,24 @@ async fn paused_workload_resumes_and_an_old_cursor_is_outdated_after_the_backlog
     net.pds_a.restart().await.unwrap();
     // With the default (one day) the restarted PDS would replay from seq 2.
     expect_outdated_then_quiet(&net.pds_a.url).await;
+
+    // A driver that dies before its pause: wait_paused says so, with its
+    // stderr (a second run on the same network fails at its first
+    // createAccount, the handles being taken).
+    let mut again = net
+        .start_workload(&WorkloadOptions {
+            pause_at: Some(Pause::Lifecycle),
+            ..WorkloadOptions::default()
+        })
+        .await
+        .unwrap();
+    let err = again.wait_paused().await.unwrap_err();
+    eprintln!("as expected: {err}");
+    assert!(
+        matches!(&err, Error::Workload { status, stderr }
+            if status.contains("before pausing at lifecycle") && stderr.contains("workload.mjs: error")),
+        "{err}"
+    );
 
     net.stop().await.unwrap();
     eprintln!("whole scenario: {:?}", t0.elapsed());
