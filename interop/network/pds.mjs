@@ -4,7 +4,15 @@
 // service auth). Prints one JSON line once it accepts connections:
 //   {"url": "http://localhost:<port>", "did": "did:web:…", "adminPassword": "…", "dataDir": "…"}
 //
-//   node_modules/.bin/node pds.mjs --port 2583 --plc http://127.0.0.1:2582 --data-dir /tmp/pds-a
+//   node_modules/.bin/node pds.mjs --port 2583 --plc http://127.0.0.1:2582 --data-dir /tmp/pds-a \
+//     [--admin-password PW] [--rotation-key HEX] [--repo-backfill-limit-ms N]
+//
+// --repo-backfill-limit-ms: how old (by sequencing time) the next event after
+// a subscriber's cursor may be before subscribeRepos answers `#info
+// OutdatedCursor` and skips to the first event inside the window. Default:
+// the PDS's own (one day). The PDS_REPO_BACKFILL_LIMIT_MS variable has no
+// effect here, because this script builds envToCfg's input itself instead
+// of reading the environment.
 import fs from 'node:fs'
 import path from 'node:path'
 import { fail, parseArgs, required, bindLoopback, stopOn } from './lib.mjs'
@@ -18,6 +26,14 @@ try {
   const adminPassword = args['admin-password'] ?? 'barn-admin'
   fs.mkdirSync(path.join(dataDir, 'blobs'), { recursive: true })
   const did = `did:web:localhost%3A${port}`
+  const backfillLimit = args['repo-backfill-limit-ms']
+  let repoBackfillLimitMs
+  if (backfillLimit !== undefined) {
+    repoBackfillLimitMs = Number(backfillLimit)
+    if (!Number.isSafeInteger(repoBackfillLimitMs) || repoBackfillLimitMs < 0) {
+      throw new Error(`--repo-backfill-limit-ms: not a number of milliseconds: ${backfillLimit}`)
+    }
+  }
   const env = {
     port,
     hostname: 'localhost',
@@ -45,6 +61,9 @@ try {
     // The workload reads email tokens straight from the account database;
     // the mailer prints to nowhere (no SMTP server on loopback).
     emailSmtpUrl: undefined,
+    // The key envToCfg reads for cfg.subscription.repoBackfillLimitMs
+    // (config/config.js falls back to one day when it is undefined).
+    repoBackfillLimitMs,
   }
   const cfg = envToCfg(env)
   const secrets = envToSecrets(env)

@@ -5,12 +5,19 @@
 //
 //   node_modules/.bin/node workload.mjs --seed 1 --plc URL \
 //     --pds-a URL --pds-a-data DIR --pds-b URL --pds-b-data DIR \
-//     [--admin-password PW] [--posts N] [--no-lifecycle]
+//     [--admin-password PW] [--posts N] [--no-lifecycle] [--pause-at PHASE]
+//
+// --pause-at deletes|lifecycle: stop just before that section, print
+// {"paused":"<phase>"} on its own stdout line, and wait for one line on
+// stdin (or its end) before going on, so a test can act on the network
+// mid-workload. `lifecycle` pauses before the summary when --no-lifecycle.
+// The summary is still the last stdout line.
 //
 // The same seed gives the same operations in the same order (content,
 // choices, blob bytes); TIDs and revs come from the wall clock and differ.
 import zlib from 'node:zlib'
 import path from 'node:path'
+import readline from 'node:readline'
 import Database from 'better-sqlite3'
 import { AtpAgent } from '@atproto/api'
 import { fail, parseArgs, required } from './lib.mjs'
@@ -474,12 +481,34 @@ class Workload {
 
 // ---------------------------------------------------------------------------
 
+const PHASES = ['deletes', 'lifecycle']
+
+/**
+ * Announces the pause on stdout and waits for one line on stdin. The end of
+ * stdin counts as that line: a harness that goes away does not leave the
+ * workload hanging.
+ */
+async function pause(phase) {
+  process.stdout.write(JSON.stringify({ paused: phase }) + '\n')
+  const rl = readline.createInterface({ input: process.stdin })
+  await new Promise((resolve) => {
+    rl.once('line', resolve)
+    rl.once('close', resolve)
+  })
+  // Closing the interface pauses stdin, so it no longer keeps node alive.
+  rl.close()
+}
+
 async function main() {
   const args = parseArgs()
   const seed = Number(args.seed ?? 1)
   rand = prng(seed)
   const w = new Workload(args)
   const lifecycle = !args['no-lifecycle']
+  const pauseAt = args['pause-at']
+  if (pauseAt !== undefined && !PHASES.includes(pauseAt)) {
+    throw new Error(`--pause-at: unknown phase ${pauseAt} (one of ${PHASES.join(', ')})`)
+  }
 
   // Six accounts on PDS a, one native to PDS b.
   const names = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank']
@@ -506,12 +535,14 @@ async function main() {
   }
   // Avatars replaced: the old blob is no longer referenced (the PDS frees it).
   for (const acct of w.accounts.slice(0, 2)) await w.profile(acct)
+  if (pauseAt === 'deletes') await pause('deletes')
   // Deletes: a post with images (its blobs lose their last reference), a plain one.
   for (const acct of all()) {
     await w.deletePost(acct, { withImages: true })
     await w.deletePost(acct)
   }
 
+  if (pauseAt === 'lifecycle') await pause('lifecycle')
   if (lifecycle) {
     const by = (n) => w.accounts.find((a) => a.name === n)
     await w.changeHandle(by('bob'))

@@ -1,18 +1,34 @@
 //! A fake PDS on 127.0.0.1 that serves whatever the test tells it to, so a
 //! consumer can be fed hostile input that no real PDS would produce.
 //!
-//! [`FakePds`] answers three kinds of request on one port:
+//! [`FakePds`] answers these requests on one port:
 //! - `GET /xrpc/com.atproto.sync.subscribeRepos[?cursor=N]` (websocket):
 //!   the frames queued with [`FakePds::push`], as raw bytes (so malformed
 //!   ones are possible), each kept with the seq the test gave it. With a
 //!   cursor only frames with a greater seq are sent; without one, only
 //!   frames pushed after the connection opened. The socket stays open and
 //!   frames pushed later are sent live.
-//! - `GET /xrpc/com.atproto.sync.getRepo?did=…`: the CAR set with
-//!   [`FakePds::set_repo`], or the XRPC error `RepoNotFound`.
+//! - `GET /xrpc/com.atproto.sync.getRepo?did=…[&since=…]`: the CAR set with
+//!   [`FakePds::set_repo`] (always whole, whatever `since` says: a real PDS
+//!   may answer a superset too), after [`FakePds::set_get_repo_delay`];
+//!   `RepoNotFound`, or `RepoDeactivated` / `RepoTakendown` /
+//!   `RepoSuspended` for a repo made inactive with [`FakePds::set_status`].
+//! - `GET /xrpc/com.atproto.sync.listRepos?limit=N&cursor=C`: the repos in
+//!   DID order, `limit` (default 500) clamped to 1..=1000, the cursor the
+//!   last DID of a full page (none on a shorter page): `did`, `head` and
+//!   `rev` of the CAR's root commit, `active`, `status`.
+//! - `GET /xrpc/com.atproto.sync.getLatestCommit?did=…`: `cid` and `rev`
+//!   of the CAR's root commit, with getRepo's errors.
+//! - `GET /xrpc/com.atproto.sync.getRepoStatus?did=…`: `did`, `active`,
+//!   `status`, and `rev` when active; `RepoNotFound` for an unknown DID.
 //! - `GET /<did>`: a PLC directory. The DID document set with
 //!   [`FakePds::set_did_doc`] (see [`did_doc`]), so the fake's URL can be a
 //!   resolver's `plc_url`.
+//!
+//! It counts and logs what consumers asked: `getRepo` per DID with each
+//! `since` ([`FakePds::get_repo_count`], [`FakePds::get_repo_since`]),
+//! `listRepos` with each cursor ([`FakePds::list_repos_cursors`]),
+//! `subscribeRepos` connections.
 //!
 //! [`FakeAccount`] is the other half: a signing key and a repo built with
 //! barn-repo, from which it drafts *valid* `#commit` events (new MST
@@ -32,8 +48,10 @@
 //!   the form barn keys hosts by; it listens on 127.0.0.1 only.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cid::Cid;
@@ -50,7 +68,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use barn_firehose::{CommitEvent, Event, Frame, IdentityEvent, OpAction, RepoOp, encode_frame};
 use barn_repo::BlockMap;
-use barn_repo::car::write_car;
+use barn_repo::car::{CarLimits, read_car, write_car};
 use barn_repo::commit::Commit;
 use barn_repo::crypto::{KeyType, PrivateKey, PublicKey};
 use barn_repo::mst::Mst;
@@ -60,13 +78,157 @@ use crate::error::{Error, Result};
 
 /// Largest request head the fake reads; anything longer is answered 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// `listRepos`'s `limit` bounds and default, from the lexicon.
+const LIST_REPOS_DEFAULT: usize = 500;
+const LIST_REPOS_MAX: i64 = 1000;
+
+/// A repo `getRepo` serves.
+struct Repo {
+    car: Bytes,
+    /// The CAR's root commit CID and rev, read when it was set; `None` when
+    /// the CAR has no readable root commit (see [`FakePds::set_repo`]).
+    head: Option<(Cid, String)>,
+}
+
+/// Hosting status, as [`FakePds::set_status`] set it.
+#[derive(Clone)]
+struct Status {
+    active: bool,
+    status: Option<String>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            active: true,
+            status: None,
+        }
+    }
+}
 
 #[derive(Default)]
 struct State {
     /// Frames in push order, each with the seq the cursor filter uses.
     frames: Vec<(i64, Bytes)>,
-    repos: HashMap<String, Bytes>,
+    /// Ordered by DID: `listRepos` pages through it in that order.
+    repos: BTreeMap<String, Repo>,
+    /// Kept apart from `repos`, so status and CAR can be set in any order.
+    statuses: HashMap<String, Status>,
     docs: HashMap<String, Value>,
+    /// The `since` of every `getRepo`, per DID, in arrival order.
+    get_repo_since: HashMap<String, Vec<Option<String>>>,
+    /// The `cursor` of every `listRepos`, in arrival order.
+    list_repos_cursors: Vec<Option<String>>,
+    get_repo_delay: Duration,
+}
+
+/// An XRPC error: its name and message.
+type XrpcFailure = (&'static str, String);
+
+impl State {
+    fn status(&self, did: &str) -> Status {
+        self.statuses.get(did).cloned().unwrap_or_default()
+    }
+
+    /// The repo of `did` if it may be served, else the error a PDS answers
+    /// with (`assertRepoAvailability` in `@atproto/pds`).
+    fn available(&self, did: &str) -> std::result::Result<&Repo, XrpcFailure> {
+        let Some(repo) = self.repos.get(did) else {
+            return Err((
+                "RepoNotFound",
+                format!("Could not find repo for DID: {did}"),
+            ));
+        };
+        let status = self.status(did);
+        if status.active {
+            return Ok(repo);
+        }
+        Err(match status.status.as_deref() {
+            Some("takendown") => ("RepoTakendown", format!("Repo has been takendown: {did}")),
+            Some("suspended") => ("RepoSuspended", format!("Repo has been suspended: {did}")),
+            _ => (
+                "RepoDeactivated",
+                format!("Repo has been deactivated: {did}"),
+            ),
+        })
+    }
+
+    fn latest_commit(&self, did: &str) -> std::result::Result<Value, XrpcFailure> {
+        let repo = self.available(did)?;
+        let Some((cid, rev)) = &repo.head else {
+            return Err((
+                "RepoNotFound",
+                format!("Could not find root for DID: {did}"),
+            ));
+        };
+        Ok(json!({"cid": cid.to_string(), "rev": rev}))
+    }
+
+    fn repo_status(&self, did: &str) -> std::result::Result<Value, XrpcFailure> {
+        let Some(repo) = self.repos.get(did) else {
+            return Err((
+                "RepoNotFound",
+                format!("Could not find repo for DID: {did}"),
+            ));
+        };
+        let status = self.status(did);
+        let mut body = json!({"did": did, "active": status.active});
+        if let Some(s) = &status.status {
+            body["status"] = json!(s);
+        }
+        // As the PDS does: the rev only of an active repo.
+        if let (true, Some((_, rev))) = (status.active, &repo.head) {
+            body["rev"] = json!(rev);
+        }
+        Ok(body)
+    }
+
+    /// One `listRepos` page: the repos after `cursor` in DID order. Repos
+    /// without a readable commit are left out, as the PDS leaves out
+    /// accounts without a repo root.
+    fn list_repos(&self, cursor: Option<&str>, limit: usize) -> Value {
+        let after = match cursor {
+            Some(c) => Bound::Excluded(c),
+            None => Bound::Unbounded,
+        };
+        let repos: Vec<(&String, Value)> = self
+            .repos
+            .range::<str, _>((after, Bound::Unbounded))
+            .filter_map(|(did, repo)| {
+                let (cid, rev) = repo.head.as_ref()?;
+                let status = self.status(did);
+                let mut entry = json!({
+                    "did": did,
+                    "head": cid.to_string(),
+                    "rev": rev,
+                    "active": status.active,
+                });
+                if let Some(s) = &status.status {
+                    entry["status"] = json!(s);
+                }
+                Some((did, entry))
+            })
+            .take(limit)
+            .collect();
+        // A full page may have more after it; a shorter one is the last.
+        let cursor = (repos.len() == limit)
+            .then(|| repos.last().map(|(did, _)| (*did).clone()))
+            .flatten();
+        let mut body = json!({"repos": repos.into_iter().map(|(_, e)| e).collect::<Vec<_>>()});
+        if let Some(c) = cursor {
+            body["cursor"] = json!(c);
+        }
+        body
+    }
+}
+
+/// The root commit CID and rev of a CAR, if it has a root and that root is
+/// a commit (any hash-verified CAR barn-repo reads).
+fn car_head(car: &Bytes) -> Option<(Cid, String)> {
+    let file = read_car(car.clone(), &CarLimits::default()).ok()?;
+    let root = *file.roots.first()?;
+    let commit = Commit::decode(file.blocks.get(&root)?).ok()?;
+    Some((root, commit.rev))
 }
 
 struct Shared {
@@ -168,14 +330,47 @@ impl FakePds {
         self.push(frame.seq.unwrap_or(0), encode_frame(frame));
     }
 
-    /// What `getRepo` serves for `did`.
+    /// What `getRepo` serves for `did`. The CAR's root commit gives
+    /// `listRepos`'s `head` and `rev` and `getLatestCommit`'s answer; a CAR
+    /// without a readable root commit (no root, a bad block, garbage) is
+    /// still served by `getRepo`, but left out of `listRepos`, and
+    /// `getLatestCommit` answers `RepoNotFound` for it (as a PDS does for an
+    /// account without a repo root).
     pub fn set_repo(&self, did: &str, car: impl Into<Bytes>) {
-        self.shared.lock().repos.insert(did.to_owned(), car.into());
+        let car = car.into();
+        let head = car_head(&car);
+        self.shared
+            .lock()
+            .repos
+            .insert(did.to_owned(), Repo { car, head });
     }
 
-    /// Makes `getRepo` answer `RepoNotFound` for `did`.
+    /// Makes `getRepo`, `getLatestCommit` and `getRepoStatus` answer
+    /// `RepoNotFound` for `did`, and `listRepos` leave it out.
     pub fn remove_repo(&self, did: &str) {
         self.shared.lock().repos.remove(did);
+    }
+
+    /// The hosting status `listRepos` and `getRepoStatus` report for `did`
+    /// (default: active, no status). While inactive, `getRepo` and
+    /// `getLatestCommit` answer 400 by `status`: `RepoTakendown` for
+    /// `takendown`, `RepoSuspended` for `suspended`, else `RepoDeactivated`.
+    /// Kept by DID: it may be set before the repo and outlives
+    /// [`FakePds::remove_repo`].
+    pub fn set_status(&self, did: &str, active: bool, status: Option<&str>) {
+        self.shared.lock().statuses.insert(
+            did.to_owned(),
+            Status {
+                active,
+                status: status.map(str::to_owned),
+            },
+        );
+    }
+
+    /// Makes every later `getRepo` wait this long before answering (after
+    /// it was counted), so a test can stop a consumer mid-download.
+    pub fn set_get_repo_delay(&self, delay: Duration) {
+        self.shared.lock().get_repo_delay = delay;
     }
 
     /// What `GET /<did>` serves (see [`did_doc`]).
@@ -186,6 +381,38 @@ impl FakePds {
     /// `getRepo` requests answered so far (any DID, any outcome).
     pub fn get_repo_requests(&self) -> u64 {
         self.shared.get_repo_requests.load(Ordering::Relaxed)
+    }
+
+    /// `getRepo` requests for `did` so far (any outcome; counted when the
+    /// request arrives, before any delay).
+    pub fn get_repo_count(&self, did: &str) -> u64 {
+        self.shared
+            .lock()
+            .get_repo_since
+            .get(did)
+            .map_or(0, |v| v.len() as u64)
+    }
+
+    /// The `since` parameter of each `getRepo` for `did`, in arrival order
+    /// (`None` when absent).
+    pub fn get_repo_since(&self, did: &str) -> Vec<Option<String>> {
+        self.shared
+            .lock()
+            .get_repo_since
+            .get(did)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The `cursor` parameter of each `listRepos` request, in arrival order
+    /// (`None` when absent).
+    pub fn list_repos_cursors(&self) -> Vec<Option<String>> {
+        self.shared.lock().list_repos_cursors.clone()
+    }
+
+    /// `listRepos` requests so far (any outcome).
+    pub fn list_repos_requests(&self) -> u64 {
+        self.shared.lock().list_repos_cursors.len() as u64
     }
 
     /// `subscribeRepos` connections accepted so far.
@@ -275,18 +502,50 @@ async fn serve(
         "/xrpc/com.atproto.sync.getRepo" => {
             shared.get_repo_requests.fetch_add(1, Ordering::Relaxed);
             let did = param("did").unwrap_or_default();
-            let car = shared.lock().repos.get(&did).cloned();
-            match car {
-                Some(car) => respond(&mut stream, "200 OK", "application/vnd.ipld.car", &car).await,
-                None => {
-                    xrpc_error(
-                        &mut stream,
-                        "RepoNotFound",
-                        &format!("Could not find repo for DID: {did}"),
-                    )
-                    .await
-                }
+            let delay = {
+                let mut state = shared.lock();
+                state
+                    .get_repo_since
+                    .entry(did.clone())
+                    .or_default()
+                    .push(param("since"));
+                state.get_repo_delay
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
             }
+            // Read after the delay: the answer is the state when it is sent.
+            let car = shared.lock().available(&did).map(|r| r.car.clone());
+            match car {
+                Ok(car) => respond(&mut stream, "200 OK", "application/vnd.ipld.car", &car).await,
+                Err((error, message)) => xrpc_error(&mut stream, error, &message).await,
+            }
+        }
+        "/xrpc/com.atproto.sync.listRepos" => {
+            // Logged first, so a refused request shows in the log too.
+            let cursor = param("cursor");
+            shared.lock().list_repos_cursors.push(cursor.clone());
+            let limit = match param("limit").map(|l| l.parse::<i64>()) {
+                None => LIST_REPOS_DEFAULT,
+                // Clamped rather than refused: the fake is lenient here so
+                // a test can ask for a page of any size.
+                Some(Ok(n)) => n.clamp(1, LIST_REPOS_MAX) as usize,
+                Some(Err(_)) => {
+                    return xrpc_error(&mut stream, "InvalidRequest", "bad limit").await;
+                }
+            };
+            let body = shared.lock().list_repos(cursor.as_deref(), limit);
+            json_answer(&mut stream, Ok(body)).await
+        }
+        "/xrpc/com.atproto.sync.getLatestCommit" => {
+            let did = param("did").unwrap_or_default();
+            let answer = shared.lock().latest_commit(&did);
+            json_answer(&mut stream, answer).await
+        }
+        "/xrpc/com.atproto.sync.getRepoStatus" => {
+            let did = param("did").unwrap_or_default();
+            let answer = shared.lock().repo_status(&did);
+            json_answer(&mut stream, answer).await
         }
         _ => {
             let did = percent_decode(path.trim_start_matches('/'));
@@ -397,6 +656,20 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     stream.shutdown().await
+}
+
+/// A JSON body (200) or an XRPC error (400).
+async fn json_answer(
+    stream: &mut TcpStream,
+    answer: std::result::Result<Value, XrpcFailure>,
+) -> IoResult<()> {
+    match answer {
+        Ok(body) => {
+            let body = body.to_string();
+            respond(stream, "200 OK", "application/json", body.as_bytes()).await
+        }
+        Err((error, message)) => xrpc_error(stream, error, &message).await,
+    }
 }
 
 async fn xrpc_error(stream: &mut TcpStream, error: &str, message: &str) -> IoResult<()> {

@@ -10,13 +10,18 @@
 //!   posts with images, replies, likes, reposts, follows, blocks, edits,
 //!   deletes, `applyWrites`, non-Bluesky records, then handle change,
 //!   deactivation, takedown, deletion and a full migration a → b) and
-//!   returns its [`Summary`].
+//!   returns its [`Summary`]; [`Network::start_workload`] runs it in the
+//!   background and can stop it before a phase ([`Pause`]) so a test can
+//!   act mid-workload. [`Network::start_with`] sets the PDSes' firehose
+//!   backlog window ([`NetworkOptions`]), to provoke `OutdatedCursor`.
 //! - [`compare_with_pds`] checks barn's CAR of a DID against the PDS's
 //!   `getRepo`: same commit and rev, same records, every block hash, the
 //!   signature against the DID document.
-//! - [`FakePds`] serves crafted `subscribeRepos` frames, `getRepo` CARs
-//!   and DID documents from 127.0.0.1, and [`FakeAccount`] drafts valid
-//!   commits to break one thing at a time (hostile-input tests).
+//! - [`FakePds`] serves crafted `subscribeRepos` frames, `getRepo` CARs,
+//!   `listRepos` pages, `getLatestCommit` / `getRepoStatus` with settable
+//!   hosting status, and DID documents from 127.0.0.1, and logs what was
+//!   asked; [`FakeAccount`] drafts valid commits to break one thing at a
+//!   time (hostile-input and backfill tests).
 //!
 //! Nothing here is used by barn itself; it is a dev-dependency only.
 
@@ -32,6 +37,6 @@ pub mod xrpc;
 pub use compare::{Comparison, Identity, compare_cars, compare_with_pds};
 pub use error::{Error, Result};
 pub use fake_pds::{AccountHead, DraftCommit, DraftOptions, FakeAccount, FakePds, did_doc};
-pub use network::{Network, Pds, Plc};
-pub use workload::{AccountSummary, Summary, WorkloadOptions};
+pub use network::{Network, NetworkOptions, Pds, Plc};
+pub use workload::{AccountSummary, Pause, Summary, WorkloadOptions, WorkloadRun};
 pub use xrpc::{Client, XrpcError};

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::process::{NodeProcess, ensure_installed, free_port};
-use crate::workload::{Summary, WorkloadOptions};
+use crate::workload::{Summary, WorkloadOptions, WorkloadRun};
 
 /// How long a service may take to print its ready line. Start-up takes
 /// about a second; a loaded CI machine gets slack.
@@ -40,7 +40,35 @@ pub struct Pds {
     port: u16,
     plc_url: String,
     logs: PathBuf,
+    repo_backfill_limit: Option<Duration>,
     proc: Option<NodeProcess>,
+}
+
+/// How to configure the network's PDSes; [`Default`] is the PDS's own
+/// defaults.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkOptions {
+    /// The PDSes' firehose backlog window (`subscription.repoBackfillLimitMs`;
+    /// the PDS's default, one day, when `None`), kept across
+    /// [`Pds::restart`]. Passed in whole milliseconds.
+    ///
+    /// What `@atproto/pds` 0.5.35 does with a `subscribeRepos` cursor
+    /// (`dist/api/com/atproto/sync/subscribeRepos.js`, lines 12–33): it
+    /// looks up the first event after the cursor (`sequencer.next`).
+    /// - A cursor past the newest event gets the error frame `FutureCursor`.
+    /// - If that next event was sequenced more than the limit ago, the
+    ///   subscriber first gets an `#info` frame named `OutdatedCursor`
+    ///   ("Requested cursor exceeded limit. Possibly missing events"), then
+    ///   the stream goes on from the oldest event sequenced inside the
+    ///   window (`sequencer.earliestAfterTime`): the events in between are
+    ///   skipped with nothing else to say so. When no event is inside the
+    ///   window, only live events follow.
+    /// - Otherwise (including a cursor at the newest event, however old)
+    ///   the backlog after the cursor is replayed.
+    ///
+    /// So with a small limit, a subscriber reconnecting with a cursor whose
+    /// next event is older than the limit gets `#info` `OutdatedCursor`.
+    pub repo_backfill_limit: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -57,7 +85,12 @@ struct PlcReady {
 }
 
 impl Pds {
-    async fn start(name: &str, plc_url: &str, root: &Path) -> Result<Pds> {
+    async fn start(
+        name: &str,
+        plc_url: &str,
+        root: &Path,
+        options: &NetworkOptions,
+    ) -> Result<Pds> {
         let mut pds = Pds {
             name: name.to_owned(),
             url: String::new(),
@@ -67,6 +100,7 @@ impl Pds {
             port: free_port()?,
             plc_url: plc_url.to_owned(),
             logs: root.to_owned(),
+            repo_backfill_limit: options.repo_backfill_limit,
             proc: None,
         };
         pds.launch().await?;
@@ -74,7 +108,7 @@ impl Pds {
     }
 
     async fn launch(&mut self) -> Result<()> {
-        let args = vec![
+        let mut args = vec![
             "--port".to_owned(),
             self.port.to_string(),
             "--plc".to_owned(),
@@ -82,6 +116,11 @@ impl Pds {
             "--data-dir".to_owned(),
             self.data_dir.display().to_string(),
         ];
+        // Built from the stored option on every launch, so a restart keeps it.
+        if let Some(limit) = self.repo_backfill_limit {
+            args.push("--repo-backfill-limit-ms".to_owned());
+            args.push(limit.as_millis().to_string());
+        }
         let log = self.logs.join(format!("{}.log", self.name));
         let (proc, line) =
             NodeProcess::spawn(&self.name, "pds.mjs", &args, log, START_TIMEOUT).await?;
@@ -145,8 +184,15 @@ pub struct Network {
 }
 
 impl Network {
-    /// Installs the npm side if needed, then starts PLC and both PDSes.
+    /// Installs the npm side if needed, then starts PLC and both PDSes with
+    /// the PDS's defaults.
     pub async fn start() -> Result<Network> {
+        Network::start_with(&NetworkOptions::default()).await
+    }
+
+    /// Installs the npm side if needed, then starts PLC and both PDSes
+    /// configured as `options` say.
+    pub async fn start_with(options: &NetworkOptions) -> Result<Network> {
         tokio::task::spawn_blocking(ensure_installed)
             .await
             .map_err(|e| Error::Io {
@@ -175,8 +221,8 @@ impl Network {
             proc,
         };
         let (pds_a, pds_b) = tokio::try_join!(
-            Pds::start("pds-a", &plc.url, dir.path()),
-            Pds::start("pds-b", &plc.url, dir.path()),
+            Pds::start("pds-a", &plc.url, dir.path(), options),
+            Pds::start("pds-b", &plc.url, dir.path(), options),
         )?;
         Ok(Network {
             plc,
@@ -199,9 +245,16 @@ impl Network {
             .collect()
     }
 
-    /// Runs the seeded workload driver against this network.
+    /// Runs the seeded workload driver against this network to the end.
     pub async fn run_workload(&self, opts: &WorkloadOptions) -> Result<Summary> {
-        crate::workload::run(self, opts).await
+        self.start_workload(opts).await?.finish().await
+    }
+
+    /// Starts the seeded workload driver against this network and returns
+    /// at once; with [`WorkloadOptions::pause_at`], see
+    /// [`WorkloadRun::wait_paused`] and [`WorkloadRun::resume`].
+    pub async fn start_workload(&self, opts: &WorkloadOptions) -> Result<WorkloadRun> {
+        WorkloadRun::start(self, opts)
     }
 
     /// Stops every service (SIGTERM, SIGKILL after a grace period) and

@@ -1,10 +1,17 @@
-//! The seeded workload driver (`interop/network/workload.mjs`) and its
-//! JSON summary.
+//! The seeded workload driver (`interop/network/workload.mjs`), a run of
+//! it that can pause between phases, and its JSON summary.
+//!
+//! The driver speaks on stdout: at a pause one line `{"paused":"<phase>"}`,
+//! at the end the summary as the last line. It reads stdin only while
+//! paused: one line (or the end of stdin) resumes it.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
 use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::network::Network;
@@ -21,6 +28,9 @@ pub struct WorkloadOptions {
     /// Run the lifecycle part (handle change, deactivate/reactivate,
     /// takedown/reversal, deletion, migration a → b).
     pub lifecycle: bool,
+    /// Stop at this phase until [`WorkloadRun::resume`] (none: run
+    /// through).
+    pub pause_at: Option<Pause>,
 }
 
 impl Default for WorkloadOptions {
@@ -29,6 +39,28 @@ impl Default for WorkloadOptions {
             seed: 1,
             posts: 6,
             lifecycle: true,
+            pause_at: None,
+        }
+    }
+}
+
+/// Where a workload can pause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// Just before the deletes (per active account, a post with images and
+    /// a plain post): every account exists and has all its other content.
+    Deletes,
+    /// Just before the lifecycle part (after the deletes); with
+    /// [`WorkloadOptions::lifecycle`] off, just before the summary.
+    Lifecycle,
+}
+
+impl Pause {
+    /// The phase's name on the driver's command line and pause line.
+    fn name(self) -> &'static str {
+        match self {
+            Pause::Deletes => "deletes",
+            Pause::Lifecycle => "lifecycle",
         }
     }
 }
@@ -110,39 +142,197 @@ impl Summary {
     }
 }
 
-pub(crate) async fn run(net: &Network, opts: &WorkloadOptions) -> Result<Summary> {
-    let mut cmd = tokio::process::Command::new(node_bin());
-    cmd.arg("workload.mjs")
-        .arg(format!("--seed={}", opts.seed))
-        .arg(format!("--posts={}", opts.posts))
-        .args(["--plc", &net.plc.url])
-        .args(["--pds-a", &net.pds_a.url])
-        .arg("--pds-a-data")
-        .arg(&net.pds_a.data_dir)
-        .args(["--pds-b", &net.pds_b.url])
-        .arg("--pds-b-data")
-        .arg(&net.pds_b.data_dir)
-        .args(["--admin-password", &net.pds_a.admin_password])
-        .current_dir(network_dir())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    if !opts.lifecycle {
-        cmd.arg("--no-lifecycle");
-    }
-    let out = cmd
-        .output()
-        .await
-        .map_err(Error::io("running workload.mjs"))?;
-    if !out.status.success() {
-        return Err(Error::Workload {
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+/// A running workload driver (see [`Network::start_workload`]). Dropping it
+/// kills the driver.
+#[derive(Debug)]
+pub struct WorkloadRun {
+    child: Child,
+    /// Held open for the whole run: a line on it resumes a pause, and its
+    /// end (on drop or [`WorkloadRun::finish`]) resumes one too.
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+    /// Drains stderr as the driver runs, so it never blocks on a full pipe;
+    /// yields all of it once the driver exits.
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    /// The last stdout line that was not a pause line: the summary, once
+    /// the driver is done.
+    last_line: Option<String>,
+    pause_at: Option<Pause>,
+    /// The pause line was read and no resume written since.
+    paused: bool,
+}
+
+/// The pause line the driver prints.
+#[derive(Deserialize)]
+struct PausedLine {
+    paused: String,
+}
+
+impl WorkloadRun {
+    pub(crate) fn start(net: &Network, opts: &WorkloadOptions) -> Result<WorkloadRun> {
+        let mut cmd = tokio::process::Command::new(node_bin());
+        cmd.arg("workload.mjs")
+            .arg(format!("--seed={}", opts.seed))
+            .arg(format!("--posts={}", opts.posts))
+            .args(["--plc", &net.plc.url])
+            .args(["--pds-a", &net.pds_a.url])
+            .arg("--pds-a-data")
+            .arg(&net.pds_a.data_dir)
+            .args(["--pds-b", &net.pds_b.url])
+            .arg("--pds-b-data")
+            .arg(&net.pds_b.data_dir)
+            .args(["--admin-password", &net.pds_a.admin_password])
+            .current_dir(network_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if !opts.lifecycle {
+            cmd.arg("--no-lifecycle");
+        }
+        if let Some(pause) = opts.pause_at {
+            cmd.arg(format!("--pause-at={}", pause.name()));
+        }
+        let mut child = cmd.spawn().map_err(Error::io("starting workload.mjs"))?;
+        let (Some(stdin), Some(stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(Error::io("starting workload.mjs")(std::io::Error::other(
+                "a standard stream was not piped",
+            )));
+        };
+        let stderr = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            // A read error only shortens the text reported on failure.
+            let _ = stderr.read_to_end(&mut buf).await;
+            buf
         });
+        Ok(WorkloadRun {
+            child,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout).lines(),
+            stderr: Some(stderr),
+            last_line: None,
+            pause_at: opts.pause_at,
+            paused: false,
+        })
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line).map_err(|e| Error::Json {
-        what: "workload summary".into(),
-        message: format!("{e}: {}", &line[..line.len().min(500)]),
-    })
+
+    /// Waits until the driver reaches [`WorkloadOptions::pause_at`] and
+    /// stops there (at once if it already has and was not resumed since).
+    /// An error if the driver exits first (with its stderr), prints another
+    /// phase, or was started without a pause.
+    pub async fn wait_paused(&mut self) -> Result<()> {
+        let Some(pause) = self.pause_at else {
+            return Err(Error::Workload {
+                status: "wait_paused on a run started without pause_at".into(),
+                stderr: String::new(),
+            });
+        };
+        if self.paused {
+            return Ok(());
+        }
+        loop {
+            let line = self
+                .stdout
+                .next_line()
+                .await
+                .map_err(Error::io("reading workload.mjs's stdout"))?;
+            let Some(line) = line else {
+                return Err(self
+                    .exited(&format!("before pausing at {}", pause.name()))
+                    .await);
+            };
+            match serde_json::from_str::<PausedLine>(&line) {
+                Ok(p) if p.paused == pause.name() => {
+                    self.paused = true;
+                    return Ok(());
+                }
+                Ok(p) => {
+                    return Err(Error::Json {
+                        what: "workload pause line".into(),
+                        message: format!("paused at {}, expected {}", p.paused, pause.name()),
+                    });
+                }
+                Err(_) => self.last_line = Some(line),
+            }
+        }
+    }
+
+    /// Lets a paused driver go on (one line on its stdin). Written before
+    /// the pause, it is read at the pause, which then does not stop.
+    pub async fn resume(&mut self) -> Result<()> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Err(Error::io("resuming workload.mjs")(std::io::Error::other(
+                "its stdin is closed",
+            )));
+        };
+        stdin
+            .write_all(b"\n")
+            .await
+            .map_err(Error::io("resuming workload.mjs"))?;
+        stdin
+            .flush()
+            .await
+            .map_err(Error::io("resuming workload.mjs"))?;
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Waits for the driver to finish and returns its summary. Closes its
+    /// stdin first, which resumes a pause nobody resumed.
+    pub async fn finish(mut self) -> Result<Summary> {
+        self.stdin.take();
+        while let Some(line) = self
+            .stdout
+            .next_line()
+            .await
+            .map_err(Error::io("reading workload.mjs's stdout"))?
+        {
+            if serde_json::from_str::<PausedLine>(&line).is_err() {
+                self.last_line = Some(line);
+            }
+        }
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(Error::io("waiting for workload.mjs"))?;
+        if !status.success() {
+            return Err(Error::Workload {
+                status: status.to_string(),
+                stderr: self.stderr_text().await,
+            });
+        }
+        let line = self.last_line.unwrap_or_default();
+        serde_json::from_str(&line).map_err(|e| Error::Json {
+            what: "workload summary".into(),
+            message: format!("{e}: {}", &line[..line.len().min(500)]),
+        })
+    }
+
+    /// The error for a driver whose stdout ended early: its exit status and
+    /// stderr.
+    async fn exited(&mut self, when: &str) -> Error {
+        self.stdin.take();
+        let status = match self.child.wait().await {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        Error::Workload {
+            status: format!("{status}, {when}"),
+            stderr: self.stderr_text().await,
+        }
+    }
+
+    /// Everything the driver wrote to stderr (it has exited).
+    async fn stderr_text(&mut self) -> String {
+        match self.stderr.take() {
+            Some(task) => match task.await {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(e) => format!("(its stderr was lost: {e})"),
+            },
+            None => String::new(),
+        }
+    }
 }
