@@ -265,6 +265,7 @@ fn add_edit(batch: &mut Batch, e: &Edit, i: usize) {
         HostState {
             cursor: Some(seq),
             last_event_ms: 1_763_700_000_000 + i as u64 * 1000,
+            ..Default::default()
         },
     );
 }

@@ -136,6 +136,7 @@ async fn pds_workload_then_restart_is_received_whole_in_order_and_resumed() {
             seed: 1,
             posts: 2,
             lifecycle: true,
+            ..WorkloadOptions::default()
         })
         .await
         .unwrap();

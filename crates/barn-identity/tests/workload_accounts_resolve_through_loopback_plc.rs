@@ -22,6 +22,7 @@ async fn workload_accounts_resolve_through_loopback_plc() {
             seed: 1,
             posts: 1,
             lifecycle: true,
+            ..WorkloadOptions::default()
         })
         .await
         .unwrap();

@@ -50,8 +50,7 @@ async fn backfill_after_the_workload_then_the_live_workload_stays_matched() {
             .into_iter()
             .find(|p| p.host == pds_a)
             .unwrap();
-        if p.pass.is_none() && p.last_pass_done_ms.is_some() && p.queued == 0 && p.importing == 0
-        {
+        if p.pass.is_none() && p.last_pass_done_ms.is_some() && p.queued == 0 && p.importing == 0 {
             assert_eq!(p.imports_failed, 0, "{p:?}");
             break;
         }

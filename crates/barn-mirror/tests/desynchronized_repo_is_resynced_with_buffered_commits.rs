@@ -138,9 +138,9 @@ async fn a_desynchronized_repo_is_resynced_and_commits_buffered_meanwhile_are_ap
     let want = last.commit_cid();
     let s = store.clone();
     wait_for("the buffered commits on top of the import", || {
-        s.repo(&did).unwrap().is_some_and(|s| {
-            s.head == Some(want) && s.sync == SyncState::Synchronized
-        })
+        s.repo(&did)
+            .unwrap()
+            .is_some_and(|s| s.head == Some(want) && s.sync == SyncState::Synchronized)
     })
     .await;
     let history = store.history(&did).unwrap();
@@ -205,9 +205,9 @@ async fn commits_overflowing_the_import_buffer_lead_to_one_more_import() {
     wait_for("a second getRepo", || fake.get_repo_count(&did) >= 2).await;
     let want = next.commit_cid();
     wait_for("the second import", || {
-        s.repo(&did).unwrap().is_some_and(|s| {
-            s.head == Some(want) && s.sync == SyncState::Synchronized
-        })
+        s.repo(&did)
+            .unwrap()
+            .is_some_and(|s| s.head == Some(want) && s.sync == SyncState::Synchronized)
     })
     .await;
     // The first import, then the one the overflow asked for.

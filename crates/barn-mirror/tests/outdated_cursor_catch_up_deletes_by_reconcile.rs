@@ -109,7 +109,11 @@ async fn outdated_cursor_is_caught_up_by_reconcile_with_deletes() {
         let old = verify_repo(&file.blocks, file.root().unwrap(), Some(&acct.did), None).unwrap();
         let old_records: BTreeSet<&str> = old.records.iter().map(|(p, _)| p.as_str()).collect();
         for path in deleted {
-            assert!(!current.contains(path), "{}: {path} still current", acct.name);
+            assert!(
+                !current.contains(path),
+                "{}: {path} still current",
+                acct.name
+            );
             assert!(
                 entry
                     .ops
@@ -121,7 +125,10 @@ async fn outdated_cursor_is_caught_up_by_reconcile_with_deletes() {
             assert!(old_records.contains(path.as_str()), "{}: {path}", acct.name);
         }
     }
-    assert!(deleted_total >= 6, "the workload deletes posts of every account");
+    assert!(
+        deleted_total >= 6,
+        "the workload deletes posts of every account"
+    );
     mirror.shutdown().await;
     net.stop().await.unwrap();
 }

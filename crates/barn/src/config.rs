@@ -176,7 +176,9 @@ impl RawConfig {
             }
             if let Some(n) = m.list_page {
                 if !(1..=1000).contains(&n) {
-                    bail!("mirror.list_page = {n}: listRepos pages hold 1 to 1000 repos (default 1000)");
+                    bail!(
+                        "mirror.list_page = {n}: listRepos pages hold 1 to 1000 repos (default 1000)"
+                    );
                 }
                 mirror.list_page = n;
             }

@@ -38,7 +38,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         match mirror.track_account(did).await {
             Ok(pds) => tracing::info!(%did, %pds, "tracking account"),
             // Not fatal: the other hosts and accounts go on.
-            Err(e) => tracing::error!(%did, error = %e, "cannot track account (does the DID resolve?)"),
+            Err(e) => {
+                tracing::error!(%did, error = %e, "cannot track account (does the DID resolve?)")
+            }
         }
     }
     tracing::info!(

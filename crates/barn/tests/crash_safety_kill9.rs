@@ -102,6 +102,7 @@ async fn kill9_at_random_moments_loses_nothing_and_applies_nothing_twice() {
                 seed: 3,
                 posts: 8,
                 lifecycle: true,
+                ..WorkloadOptions::default()
             })
             .await
             .unwrap();

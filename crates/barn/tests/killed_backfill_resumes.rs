@@ -153,10 +153,16 @@ async fn a_backfill_killed_half_way_resumes_without_refetching() {
         );
     }
     let total: u64 = accounts.iter().map(|a| fake.get_repo_count(a.did())).sum();
-    assert!(total <= ACCOUNTS + 2, "{total} getRepo for {ACCOUNTS} repos");
+    assert!(
+        total <= ACCOUNTS + 2,
+        "{total} getRepo for {ACCOUNTS} repos"
+    );
     // The listing resumed at the saved cursor.
     let cursors = fake.list_repos_cursors();
-    assert!(cursors.len() > lists_before, "no listRepos after the restart");
+    assert!(
+        cursors.len() > lists_before,
+        "no listRepos after the restart"
+    );
     assert_eq!(cursors[lists_before], saved_cursor, "{cursors:?}");
 
     let store = Store::open(&data.join("store"), &StoreOptions::default()).unwrap();
@@ -172,7 +178,10 @@ async fn a_backfill_killed_half_way_resumes_without_refetching() {
         assert_eq!(history[0].reason.as_deref(), Some("backfill"));
     }
     let hs = store.host(&barn_mirror_host(&host)).unwrap().unwrap();
-    assert!(hs.list.is_none() && hs.last_pass_done_ms.is_some(), "{hs:?}");
+    assert!(
+        hs.list.is_none() && hs.last_pass_done_ms.is_some(),
+        "{hs:?}"
+    );
 }
 
 /// The form barn keys hosts by.

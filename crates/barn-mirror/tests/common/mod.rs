@@ -82,7 +82,10 @@ pub async fn wait_for_revs(store: &Store, want: &[(String, String)], within: Dur
         if behind.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "barn is still behind: {behind:?}");
+        assert!(
+            Instant::now() < deadline,
+            "barn is still behind: {behind:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
