@@ -22,22 +22,29 @@
 //!   the fetched tree, deletes included: a reconcile records what the
 //!   firehose missed, not just what was added.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use cid::Cid;
 use futures_util::StreamExt;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
 
 use barn_identity::Identity;
+use barn_repo::BlockMap;
 use barn_repo::blocks::Layered;
-use barn_repo::car::{CarLimits, read_car};
-use barn_repo::commit::verify_repo;
+use barn_repo::car::{CarLimits, CarStream};
+use barn_repo::commit::Commit;
+use barn_repo::crypto::PublicKey;
+use barn_repo::mst::MstWalker;
 use barn_store::{Batch, CommitEntry, Op, OpAction, RepoState, Source, Store, now_ms};
 
 use crate::error::{Error, Result};
 use crate::mirror::{Inner, normalize_host};
 use crate::verify::Head;
+
+/// The DAG-CBOR codec: every block of a repository.
+const DAG_CBOR: u64 = 0x71;
 
 /// One import to run.
 #[derive(Debug, Clone)]
@@ -103,8 +110,8 @@ async fn fetch_and_store(
     id: &Arc<Identity>,
     since: Option<&str>,
 ) -> Result<Outcome> {
-    let car = match fetch(inner, pds, &job.did, since).await {
-        Ok(car) => car,
+    let resp = match fetch(inner, pds, &job.did, since).await {
+        Ok(resp) => resp,
         Err(Error::Fetch {
             xrpc_error: Some(name),
             message,
@@ -128,18 +135,37 @@ async fn fetch_and_store(
         }
         Err(e) => return Err(e),
     };
-    let store = inner.store.clone();
-    let job = job.clone();
-    let id = id.clone();
-    let fetched = if since.is_some() { "since" } else { "full" };
-    tokio::task::spawn_blocking(move || store_repo(&store, &job, &id, car, fetched))
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
+    let body = resp
+        .bytes_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    let reader = tokio_util::io::StreamReader::new(body);
+    let request = ImportRequest {
+        did: job.did.clone(),
+        key: id.signing_key.clone(),
+        state: job.state.clone(),
+        source: job.source,
+        reason: job.reason.clone(),
+    };
+    let limits = ImportLimits {
+        max_bytes: inner.config.max_repo_bytes,
+        ..ImportLimits::default()
+    };
+    let report = import_car(inner.store.clone(), request, reader, limits).await?;
+    Ok(Outcome::Stored {
+        label: report.label,
+        head: report.head,
+        handle: id.handle.clone(),
+        fetch: if since.is_some() { "since" } else { "full" },
+    })
 }
 
-/// `GET getRepo`, read up to the configured size limit (a body that goes
-/// past it is cut off, whatever the headers said).
-async fn fetch(inner: &Arc<Inner>, pds: &str, did: &str, since: Option<&str>) -> Result<Bytes> {
+/// `GET getRepo`: the response, once its status says a CAR follows.
+async fn fetch(
+    inner: &Arc<Inner>,
+    pds: &str,
+    did: &str,
+    since: Option<&str>,
+) -> Result<reqwest::Response> {
     let url = format!(
         "{}/xrpc/com.atproto.sync.getRepo",
         pds.trim_end_matches('/')
@@ -170,10 +196,9 @@ async fn fetch(inner: &Arc<Inner>, pds: &str, did: &str, since: Option<&str>) ->
             None,
         ));
     }
-    let body = read_limited(resp, limit)
-        .await
-        .map_err(|message| fetch_err(message, None))?;
     if !status.is_success() {
+        // An error body is small; anything past 64 KiB is not one.
+        let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let name = json["error"].as_str().map(str::to_owned);
         return Err(fetch_err(
@@ -181,7 +206,7 @@ async fn fetch(inner: &Arc<Inner>, pds: &str, did: &str, since: Option<&str>) ->
             name,
         ));
     }
-    Ok(body)
+    Ok(resp)
 }
 
 /// Reads a response body, refusing one that goes past `limit` bytes
@@ -202,171 +227,361 @@ pub(crate) async fn read_limited(
     Ok(body.freeze())
 }
 
-/// Verifies the fetched CAR and stores what barn lacks (blocking).
-fn store_repo(
+/// Limits and buffer sizes of one import.
+#[derive(Debug, Clone)]
+pub struct ImportLimits {
+    /// Largest CAR accepted, in bytes.
+    pub max_bytes: u64,
+    /// Blocks are written to the store (without waiting for the disk) in
+    /// batches of this many bytes.
+    pub spill_bytes: usize,
+    /// MST node bytes kept in memory for the walk; past that, nodes are
+    /// read back from the store.
+    pub node_cache_bytes: usize,
+    /// Record CIDs remembered from the stream (16 bytes each) to check
+    /// that every record the tree names was in it; past that, presence is
+    /// checked in the store.
+    pub max_seen_records: usize,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        ImportLimits {
+            max_bytes: 1 << 30,
+            spill_bytes: 16 << 20,
+            node_cache_bytes: 64 << 20,
+            max_seen_records: 4 << 20,
+        }
+    }
+}
+
+/// One repo to import.
+#[derive(Debug, Clone)]
+pub struct ImportRequest {
+    /// The repo's DID.
+    pub did: String,
+    /// The account's signing key, from its DID document.
+    pub key: PublicKey,
+    /// barn's state of the repo before the import (its head is the base of
+    /// the diff; its host is recorded with the revision).
+    pub state: RepoState,
+    /// What the revision is recorded as.
+    pub source: Source,
+    /// Why, recorded with the revision.
+    pub reason: String,
+}
+
+/// What an import found and stored.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    /// `imported` (a new revision), `unchanged` (barn's own head) or
+    /// `older` (older than barn's head, which is kept).
+    pub label: &'static str,
+    /// The CAR's head.
+    pub head: Head,
+    /// Blocks read from the CAR.
+    pub blocks: u64,
+    /// Bytes of blocks read from the CAR.
+    pub bytes: u64,
+    /// Records in the tree.
+    pub records: u64,
+    /// Ops of the revision (creates, updates, deletes).
+    pub ops: usize,
+}
+
+/// What the spill stage keeps for the walk.
+struct Spilled {
+    commit: Option<Bytes>,
+    nodes: BlockMap,
+    /// First 16 bytes of the hash of every other block, sorted.
+    seen: Vec<u128>,
+    /// `seen` hit its limit: check presence in the store instead.
+    seen_full: bool,
+    blocks: u64,
+    bytes: u64,
+}
+
+/// Imports a repository CAR read from `reader`: every block hash-checked
+/// and written to the store as it streams by (in batches, not waiting for
+/// the disk), then the commit (DID, signature) and the whole tree checked
+/// over those blocks and barn's, and the difference from barn's record
+/// index stored as one revision. Memory holds the MST nodes (up to
+/// `node_cache_bytes`), 16 bytes per record, and the revision's ops; not
+/// the CAR.
+///
+/// A CAR answering `getRepo?since=` holds only what changed: the rest of
+/// the tree must already be in the store, or the import fails with a
+/// missing block.
+pub async fn import_car<R>(
+    store: Arc<Store>,
+    request: ImportRequest,
+    reader: R,
+    limits: ImportLimits,
+) -> Result<ImportReport>
+where
+    R: AsyncRead + Unpin + Send,
+{
+    let repo_err = |e: barn_repo::Error| Error::Repo {
+        did: request.did.clone(),
+        source: Box::new(e),
+    };
+    let car_limits = CarLimits {
+        max_total_bytes: limits.max_bytes,
+        ..CarLimits::default()
+    };
+    let mut car = CarStream::new(reader, car_limits).await.map_err(repo_err)?;
+    let root = *car
+        .roots()
+        .first()
+        .ok_or_else(|| repo_err(barn_repo::Error::CarHeader("no root".into())))?;
+
+    // Stage 1 (here): read and hash-check; stage 2 (a blocking thread):
+    // check, classify and spill. A few MiB in between.
+    let (tx, rx) = mpsc::channel::<Vec<(Cid, Bytes)>>(4);
+    let spill = {
+        let store = store.clone();
+        let did = request.did.clone();
+        let limits = limits.clone();
+        tokio::task::spawn_blocking(move || spill(&store, &did, root, rx, &limits))
+    };
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let read: std::result::Result<(), barn_repo::Error> = loop {
+        match car.next_block().await {
+            Ok(Some((cid, data))) => {
+                chunk_bytes += data.len();
+                chunk.push((cid, data));
+                if chunk_bytes >= 1 << 20 {
+                    chunk_bytes = 0;
+                    if tx.send(std::mem::take(&mut chunk)).await.is_err() {
+                        // The spill stage stopped; its error says why.
+                        break Ok(());
+                    }
+                }
+            }
+            Ok(None) => {
+                let _ = tx.send(chunk).await;
+                break Ok(());
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    drop(tx);
+    let spilled = spill.await.map_err(|e| Error::Task(e.to_string()))?;
+    read.map_err(repo_err)?;
+    let spilled = spilled?;
+    tokio::task::spawn_blocking(move || finish(&store, &request, root, spilled))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+}
+
+fn hash_prefix(cid: &Cid) -> u128 {
+    let d = cid.hash().digest();
+    let mut b = [0u8; 16];
+    let n = d.len().min(16);
+    b[..n].copy_from_slice(&d[..n]);
+    u128::from_be_bytes(b)
+}
+
+/// A canonical MST node is a DAG-CBOR map of exactly `e` then `l`; a
+/// record always has `$type`, so it can never start like this.
+fn looks_like_node(data: &[u8]) -> bool {
+    data.starts_with(&[0xa2, 0x61, b'e'])
+}
+
+fn spill(
     store: &Store,
-    job: &Job,
-    id: &Identity,
-    car: Bytes,
-    fetched: &'static str,
-) -> Result<Outcome> {
-    let did = job.did.as_str();
+    did: &str,
+    root: Cid,
+    mut rx: mpsc::Receiver<Vec<(Cid, Bytes)>>,
+    limits: &ImportLimits,
+) -> Result<Spilled> {
     let repo_err = |e: barn_repo::Error| Error::Repo {
         did: did.to_owned(),
         source: Box::new(e),
     };
-    let file = read_car(car, &CarLimits::default()).map_err(repo_err)?;
-    let root = *file
-        .root()
-        .ok_or_else(|| repo_err(barn_repo::Error::CarHeader("no root".into())))?;
-    // A `since` answer holds only what changed: the rest is barn's.
-    let layered = Layered {
-        first: &file.blocks,
-        second: store.block_source(),
+    let mut out = Spilled {
+        commit: None,
+        nodes: BlockMap::new(),
+        seen: Vec::new(),
+        seen_full: false,
+        blocks: 0,
+        bytes: 0,
     };
-    let verified =
-        verify_repo(&layered, &root, Some(did), Some(&id.signing_key)).map_err(repo_err)?;
+    let mut node_bytes = 0usize;
+    let mut batch = Batch::new();
+    let mut batch_bytes = 0usize;
+    while let Some(chunk) = rx.blocking_recv() {
+        for (cid, data) in chunk {
+            // Every block of a repo is DAG-CBOR: commit, nodes, records.
+            if cid.codec() != DAG_CBOR {
+                return Err(repo_err(barn_repo::Error::UnsupportedCid {
+                    cid,
+                    reason: "repository blocks are DAG-CBOR",
+                }));
+            }
+            barn_repo::cbor::validate(&data).map_err(|e| repo_err(e.into()))?;
+            if cid == root {
+                out.commit = Some(data.clone());
+            } else if looks_like_node(&data) {
+                if node_bytes + data.len() <= limits.node_cache_bytes {
+                    node_bytes += data.len();
+                    out.nodes.insert(cid, data.clone());
+                }
+            } else if out.seen.len() < limits.max_seen_records {
+                out.seen.push(hash_prefix(&cid));
+            } else {
+                out.seen_full = true;
+            }
+            out.blocks += 1;
+            out.bytes += data.len() as u64;
+            batch_bytes += data.len();
+            batch.put_block(cid, data);
+        }
+        if batch_bytes >= limits.spill_bytes {
+            store.write_unsynced(std::mem::take(&mut batch))?;
+            batch_bytes = 0;
+        }
+    }
+    store.write_unsynced(batch)?;
+    // The revision written next refers to these blocks.
+    store.sync()?;
+    out.seen.sort_unstable();
+    Ok(out)
+}
+
+/// Checks the commit and the tree, and stores the revision (blocking).
+fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Result<ImportReport> {
+    let did = req.did.as_str();
+    let repo_err = |e: barn_repo::Error| Error::Repo {
+        did: did.to_owned(),
+        source: Box::new(e),
+    };
+    let commit_bytes = match spilled.commit {
+        Some(b) => b,
+        None => store
+            .block(&root)?
+            .ok_or_else(|| repo_err(barn_repo::Error::MissingBlock(root)))?,
+    };
+    let commit = Commit::decode(&commit_bytes).map_err(repo_err)?;
+    if commit.did != did {
+        return Err(repo_err(barn_repo::Error::Commit(format!(
+            "commit is for {}, expected {did}",
+            commit.did
+        ))));
+    }
+    commit.verify_signature(&req.key).map_err(repo_err)?;
     let head = Head {
-        rev: verified.commit.rev.clone(),
+        rev: commit.rev.clone(),
         cid: root,
-        data: verified.commit.data,
+        data: commit.data,
     };
-    let stored = |label| Outcome::Stored {
+    let report = |label, records, ops| ImportReport {
         label,
         head: head.clone(),
-        handle: id.handle.clone(),
-        fetch: fetched,
+        blocks: spilled.blocks,
+        bytes: spilled.bytes,
+        records,
+        ops,
     };
-    if job.state.head == Some(root) {
-        return Ok(stored("unchanged"));
+    if req.state.head == Some(root) {
+        return Ok(report("unchanged", 0, 0));
     }
-    if job
+    if req
         .state
         .rev
         .as_deref()
         .is_some_and(|r| head.rev.as_str() <= r)
     {
         // The host serves an older revision than barn holds: keep barn's.
-        return Ok(stored("older"));
+        return Ok(report("older", 0, 0));
     }
     if store.revision(did, &head.rev)?.is_some() {
         // Written by an earlier run of this import that crashed before
         // the host task moved the head.
-        return Ok(stored("imported"));
+        return Ok(report("imported", 0, 0));
     }
-    let current: HashMap<String, Cid> = store.records(did)?.into_iter().collect();
-    let ops = diff_records(&current, &verified.records);
+
+    // The full walk checks every node (layers, key order, canonical
+    // shape); each record must be in the CAR or already in the store.
+    // Merged with the record index, in key order, it gives the ops.
+    let blocks = Layered {
+        first: &spilled.nodes,
+        second: store.block_source(),
+    };
+    let mut current = store.records_iter(did);
+    let mut cur = current.next().transpose()?;
+    let mut ops = Vec::new();
+    let mut records = 0u64;
+    for item in MstWalker::new(&blocks, &commit.data).map_err(repo_err)? {
+        let (key, cid) = item.map_err(repo_err)?;
+        records += 1;
+        let present = (!spilled.seen.is_empty()
+            && spilled.seen.binary_search(&hash_prefix(&cid)).is_ok())
+            || store.has_block(&cid)?;
+        if !present {
+            return Err(repo_err(barn_repo::Error::MissingBlock(cid)));
+        }
+        let path = String::from_utf8_lossy(&key).into_owned();
+        while let Some((p, old)) = cur.take_if(|(p, _)| *p < path) {
+            ops.push(Op {
+                action: OpAction::Delete,
+                path: p,
+                cid: None,
+                prev: Some(old),
+            });
+            cur = current.next().transpose()?;
+        }
+        match cur.take_if(|(p, _)| *p == path) {
+            Some((_, old)) => {
+                if old != cid {
+                    ops.push(Op {
+                        action: OpAction::Update,
+                        path,
+                        cid: Some(cid),
+                        prev: Some(old),
+                    });
+                }
+                cur = current.next().transpose()?;
+            }
+            None => ops.push(Op {
+                action: OpAction::Create,
+                path,
+                cid: Some(cid),
+                prev: None,
+            }),
+        }
+    }
+    while let Some((p, old)) = cur {
+        ops.push(Op {
+            action: OpAction::Delete,
+            path: p,
+            cid: None,
+            prev: Some(old),
+        });
+        cur = current.next().transpose()?;
+    }
+    drop(current);
     let mut batch = Batch::new();
     for op in &ops {
         batch.set_record(did, &op.path, op.cid);
     }
-    for (cid, data) in file.blocks.iter() {
-        batch.put_block(*cid, data.clone());
-    }
+    let n_ops = ops.len();
     batch.put_revision(
         did,
         CommitEntry {
             rev: head.rev.clone(),
             cid: root,
             data: head.data,
-            since: job.state.rev.clone(),
+            since: req.state.rev.clone(),
             seen_at_ms: now_ms(),
-            source: job.source,
+            source: req.source,
             seq: None,
-            host: normalize_host(&job.state.host),
+            host: normalize_host(&req.state.host),
             ops,
-            reason: Some(job.reason.clone()),
+            reason: Some(req.reason.clone()),
         },
     );
     store.write(batch)?;
-    Ok(stored("imported"))
-}
-
-/// The ops that turn the record index `current` into `records` (sorted by
-/// path): creates, updates and deletes.
-fn diff_records(current: &HashMap<String, Cid>, records: &[(String, Cid)]) -> Vec<Op> {
-    let mut ops = Vec::new();
-    let mut seen = 0usize;
-    for (path, cid) in records {
-        match current.get(path) {
-            None => ops.push(Op {
-                action: OpAction::Create,
-                path: path.clone(),
-                cid: Some(*cid),
-                prev: None,
-            }),
-            Some(old) => {
-                seen += 1;
-                if old != cid {
-                    ops.push(Op {
-                        action: OpAction::Update,
-                        path: path.clone(),
-                        cid: Some(*cid),
-                        prev: Some(*old),
-                    });
-                }
-            }
-        }
-    }
-    if seen < current.len() {
-        let new: std::collections::HashSet<&str> =
-            records.iter().map(|(p, _)| p.as_str()).collect();
-        for (path, old) in current {
-            if !new.contains(path.as_str()) {
-                ops.push(Op {
-                    action: OpAction::Delete,
-                    path: path.clone(),
-                    cid: None,
-                    prev: Some(*old),
-                });
-            }
-        }
-    }
-    ops.sort_by(|a, b| a.path.cmp(&b.path));
-    ops
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn cid(n: u8) -> Cid {
-        barn_repo::cid_for_cbor(&[n])
-    }
-
-    #[test]
-    fn diff_has_creates_updates_and_deletes_in_path_order() {
-        let current: HashMap<String, Cid> = [
-            ("a/1".to_owned(), cid(1)),
-            ("a/2".to_owned(), cid(2)),
-            ("b/1".to_owned(), cid(3)),
-        ]
-        .into();
-        let new = vec![
-            ("a/1".to_owned(), cid(1)),
-            ("a/2".to_owned(), cid(9)),
-            ("c/1".to_owned(), cid(4)),
-        ];
-        let ops = diff_records(&current, &new);
-        let got: Vec<(OpAction, &str)> = ops.iter().map(|o| (o.action, o.path.as_str())).collect();
-        assert_eq!(
-            got,
-            vec![
-                (OpAction::Update, "a/2"),
-                (OpAction::Delete, "b/1"),
-                (OpAction::Create, "c/1"),
-            ]
-        );
-        assert_eq!(ops[0].prev, Some(cid(2)));
-        assert_eq!(ops[1].prev, Some(cid(3)));
-        assert_eq!(ops[1].cid, None);
-        // Nothing changed: no ops.
-        let same: Vec<(String, Cid)> = {
-            let mut v: Vec<_> = current.clone().into_iter().collect();
-            v.sort();
-            v
-        };
-        assert!(diff_records(&current, &same).is_empty());
-    }
+    Ok(report("imported", records, n_ops))
 }

@@ -27,5 +27,6 @@ mod pool;
 pub mod verify;
 
 pub use error::{Error, Result};
+pub use import::{ImportLimits, ImportReport, ImportRequest, import_car};
 pub use metrics::Metrics;
 pub use mirror::{Durable, HostProgress, Mirror, MirrorConfig, normalize_host};

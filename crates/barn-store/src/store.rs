@@ -250,11 +250,23 @@ impl Store {
     /// returns `Ok`, everything in the batch survives a crash; when it
     /// fails, none of it is visible.
     pub fn write(&self, batch: Batch) -> Result<()> {
+        self.write_with(batch, Some(PersistMode::SyncData))
+    }
+
+    /// Applies `batch` atomically but without waiting for the disk: a crash
+    /// may lose it (whole). For blocks an import spills before anything
+    /// refers to them; [`Store::sync`] or the next [`Store::write`] makes it
+    /// durable.
+    pub fn write_unsynced(&self, batch: Batch) -> Result<()> {
+        self.write_with(batch, None)
+    }
+
+    fn write_with(&self, batch: Batch, durability: Option<PersistMode>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         self.codec.observe(batch.blocks.values().map(Bytes::as_ref));
-        let mut wb = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut wb = self.db.batch().durability(durability);
         // A dictionary goes into the same atomic batch as the first values
         // that need it (and into every batch until one of them commits).
         let dict = self.codec.unpersisted();
@@ -426,6 +438,22 @@ impl Store {
             out.push((path, cid));
         }
         Ok(out)
+    }
+
+    /// The current record index of `did`, (path, CID) in path order, read
+    /// as it goes (for repos too large to hold as a `Vec`).
+    pub fn records_iter(&self, did: &str) -> impl Iterator<Item = Result<(String, Cid)>> + '_ {
+        let p = prefix(did);
+        let skip = p.len();
+        self.records.prefix(p).map(move |guard| {
+            let (k, v) = guard.into_inner()?;
+            let path = String::from_utf8_lossy(&k[skip..]).into_owned();
+            let cid = Cid::try_from(v.as_ref()).map_err(|e| Error::Corrupt {
+                what: "record cid",
+                detail: e.to_string(),
+            })?;
+            Ok((path, cid))
+        })
     }
 
     /// A full repository CAR of `did` at revision `rev` (the head when
