@@ -310,8 +310,14 @@ pub struct GeneratedRepo {
     pub record_bytes: u64,
 }
 
-/// Generates a repository whose CAR is about `target_car_bytes` long.
+/// Generates a repository of [`DID`] whose CAR is about
+/// `target_car_bytes` long.
 pub fn generate_repo(target_car_bytes: u64, seed: u64) -> GeneratedRepo {
+    generate_repo_of(DID, target_car_bytes, seed)
+}
+
+/// [`generate_repo`] for another DID.
+pub fn generate_repo_of(did: &str, target_car_bytes: u64, seed: u64) -> GeneratedRepo {
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut paths = PathGen::new(seed);
     let mut records = Vec::new();
@@ -331,7 +337,7 @@ pub fn generate_repo(target_car_bytes: u64, seed: u64) -> GeneratedRepo {
     let count = records.len();
     let key = PrivateKey::from_seed(KeyType::K256, seed);
     let rev = tid(START_MICROS + 86_400_000_000 * 400, 7);
-    let (commit, blocks) = match build_repo(DID, &rev, &key, records) {
+    let (commit, blocks) = match build_repo(did, &rev, &key, records) {
         Ok(r) => r,
         Err(e) => panic!("building the generated repo: {e}"),
     };

@@ -287,6 +287,12 @@ pub struct ImportReport {
     pub records: u64,
     /// Ops of the revision (creates, updates, deletes).
     pub ops: usize,
+    /// Time to read, check and spill every block (until the last is
+    /// written, unsynced, and synced).
+    pub spill_time: std::time::Duration,
+    /// Time to check the commit and walk the tree, then write the record
+    /// index and the revision.
+    pub finish_time: std::time::Duration,
 }
 
 /// What the spill stage keeps for the walk.
@@ -329,6 +335,7 @@ where
         max_total_bytes: limits.max_bytes,
         ..CarLimits::default()
     };
+    let started = std::time::Instant::now();
     let mut car = CarStream::new(reader, car_limits).await.map_err(repo_err)?;
     let root = *car
         .roots()
@@ -370,9 +377,13 @@ where
     let spilled = spill.await.map_err(|e| Error::Task(e.to_string()))?;
     read.map_err(repo_err)?;
     let spilled = spilled?;
-    tokio::task::spawn_blocking(move || finish(&store, &request, root, spilled))
+    let spill_time = started.elapsed();
+    let mut report = tokio::task::spawn_blocking(move || finish(&store, &request, root, spilled))
         .await
-        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(|e| Error::Task(e.to_string()))??;
+    report.spill_time = spill_time;
+    report.finish_time = started.elapsed() - spill_time;
+    Ok(report)
 }
 
 fn hash_prefix(cid: &Cid) -> u128 {
@@ -483,6 +494,8 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
         bytes: spilled.bytes,
         records,
         ops,
+        spill_time: Default::default(),
+        finish_time: Default::default(),
     };
     if req.state.head == Some(root) {
         return Ok(report("unchanged", 0, 0));
