@@ -13,6 +13,7 @@
 //!
 //! `BARN_IMPORT_SIZES` (default `60000000,600000000`): target CAR sizes in
 //! bytes. `BARN_IMPORT_ORDERS` (default `pds,walk`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
