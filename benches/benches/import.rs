@@ -218,7 +218,7 @@ fn generate(spec: &str) {
         .filter(|(c, _)| **c != repo.commit)
         .map(|(c, b)| (*c, b.clone()))
         .collect();
-    blocks.sort_by(|a, b| b.0.to_bytes().cmp(&a.0.to_bytes()));
+    blocks.sort_by_key(|b| std::cmp::Reverse(b.0.to_bytes()));
     let commit = repo.blocks.get(&repo.commit).expect("commit block").clone();
     let car = barn_repo::car::write_car(
         &[repo.commit],
