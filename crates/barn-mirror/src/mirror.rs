@@ -693,6 +693,8 @@ async fn run_host(
     cfg.backoff_min = inner.config.backoff_min;
     cfg.metrics = inner.metrics.firehose.clone();
     let shutdown = inner.shutdown.child_token();
+    // A replay has no host to list.
+    let replay = source.is_some();
     let (mut sub, sub_task) = match source {
         Some(source) => subscribe_source(cfg, source, shutdown.clone()),
         None => subscribe(cfg, shutdown.clone()),
@@ -739,7 +741,7 @@ async fn run_host(
             task.list = Some(pass);
             task.spawn_lister(cursor);
         }
-        None if stored.is_none() && task.link.whole && inner.config.backfill => {
+        None if stored.is_none() && task.link.whole && inner.config.backfill && !replay => {
             task.start_pass(PassKind::Backfill, "backfill".into());
         }
         None => {}
