@@ -81,15 +81,9 @@ pub(crate) enum Outcome {
 pub(crate) async fn run(inner: &Arc<Inner>, host: &str, job: &Job) -> Result<Outcome> {
     let did = job.did.as_str();
     let id = inner.resolver.refresh(did).await?;
-    let pds = id.pds.clone().ok_or_else(|| Error::Fetch {
-        url: did.to_owned(),
-        message: "DID document names no PDS".into(),
-        xrpc_error: None,
-    })?;
-    if normalize_host(&pds) != normalize_host(host) {
-        return Ok(Outcome::Moved {
-            pds: normalize_host(&pds),
-        });
+    let pds = pds_of(&id)?;
+    if pds != normalize_host(host) {
+        return Ok(Outcome::Moved { pds });
     }
     let since = job.state.rev.clone().filter(|_| job.state.data.is_some());
     if let Some(since) = since {
@@ -101,6 +95,18 @@ pub(crate) async fn run(inner: &Arc<Inner>, host: &str, job: &Job) -> Result<Out
         }
     }
     fetch_and_store(inner, &pds, job, &id, None).await
+}
+
+/// The PDS a DID document names, normalized; an error when it names none.
+pub(crate) fn pds_of(id: &Identity) -> Result<String> {
+    id.pds
+        .as_deref()
+        .map(normalize_host)
+        .ok_or_else(|| Error::Fetch {
+            url: id.did.clone(),
+            message: "the DID document names no PDS".into(),
+            xrpc_error: None,
+        })
 }
 
 async fn fetch_and_store(

@@ -33,8 +33,8 @@
 //!   the new head once it is stored. The cursor may pass buffered events:
 //!   if barn crashes, the durable mark makes it import the repo again,
 //!   which brings their content.
-//! - A whole host is backfilled by listing it (`listRepos`), not by
-//!   replaying its event log: the listing's cursor is saved with the
+//! - A whole host is backfilled by listing it (`listRepos`); replaying
+//!   its event log only finds repos with recent events. The listing's cursor is saved with the
 //!   states of the repos it listed, so a restart resumes the pass. The
 //!   same pass, run periodically or after `OutdatedCursor` /
 //!   `FutureCursor`, compares every listed head with barn's; a repo still
@@ -336,15 +336,7 @@ impl Mirror {
     /// when it migrates, like every repo barn holds.
     pub async fn track_account(&self, did: &str) -> Result<String> {
         let id = self.inner.resolver.refresh(did).await?;
-        let pds = id
-            .pds
-            .as_deref()
-            .map(normalize_host)
-            .ok_or_else(|| Error::Fetch {
-                url: did.to_owned(),
-                message: "the DID document names no PDS".into(),
-                xrpc_error: None,
-            })?;
+        let pds = crate::import::pds_of(&id)?;
         // A repo barn already holds is followed where barn last saw it;
         // one it does not is imported from its PDS.
         match self.inner.store.repo(did)? {
@@ -670,6 +662,10 @@ struct HostTask {
     /// Imports queued or running, for the lister's back-pressure.
     queued: Arc<AtomicUsize>,
     started_ms: u64,
+    /// When the next periodic pass is due (see [`HostTask::plan_sweep`]).
+    sweep_at: Option<Instant>,
+    /// Something [`HostTask::report`] publishes changed.
+    changed: bool,
     last_progress_log: Instant,
 }
 
@@ -721,6 +717,8 @@ async fn run_host(
         suspects: HashMap::new(),
         queued: Arc::new(AtomicUsize::new(0)),
         started_ms: now_ms(),
+        sweep_at: None,
+        changed: true,
         last_progress_log: Instant::now(),
         link,
     };
@@ -746,6 +744,7 @@ async fn run_host(
         }
         None => {}
     }
+    task.plan_sweep();
 
     // The pipeline: frames enter `in_flight` in stream order, commits are
     // verified on the pool meanwhile, and come out in the same order to be
@@ -763,7 +762,7 @@ async fn run_host(
                 None => std::future::pending().await,
             }
         };
-        let sweep_at = task.next_sweep();
+        let sweep_at = task.sweep_at;
         let sweep = async move {
             match sweep_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -814,7 +813,9 @@ async fn run_host(
             break;
         }
         task.start_imports().await?;
-        task.report();
+        if task.changed {
+            task.report();
+        }
     }
     // Graceful stop: what was verified becomes durable with its cursor.
     // Frames still being verified are not covered by the cursor; they
@@ -835,6 +836,7 @@ async fn run_host(
 
 impl HostTask {
     async fn control(&mut self, c: Control) -> Result<()> {
+        self.changed = true;
         match c {
             Control::Adopt(did, reason) => {
                 if let Local::Here(state, false) = self.local(&did)? {
@@ -1099,6 +1101,7 @@ impl HostTask {
     }
 
     fn queue_resync(&mut self, did: &str, source: Source, reason: &str) {
+        self.changed = true;
         if let Some(imp) = self.importing.get_mut(did) {
             imp.again.get_or_insert((source, reason.to_owned()));
             return;
@@ -1455,6 +1458,7 @@ impl HostTask {
         let Some(w) = self.writing.take() else {
             return Ok(());
         };
+        self.changed = true;
         r.map_err(|e| Error::Task(e.to_string()))??;
         let durable = Instant::now();
         self.inner
@@ -1611,6 +1615,7 @@ impl HostTask {
             // durable before anything is buffered past the cursor.
             self.flush().await?;
         }
+        self.changed |= !jobs.is_empty();
         for job in jobs {
             let inner = self.inner.clone();
             let host = self.host.clone();
@@ -1750,6 +1755,7 @@ impl HostTask {
         self.pending.cursor_dirty = true;
         self.pending.first_at.get_or_insert_with(Instant::now);
         self.spawn_lister(None);
+        self.plan_sweep();
     }
 
     fn spawn_lister(&mut self, cursor: Option<String>) {
@@ -1852,17 +1858,20 @@ impl HostTask {
         if let Some((kind, reason)) = self.next_pass.take() {
             self.start_pass(kind, reason);
         }
+        self.plan_sweep();
     }
 
-    /// When the next periodic pass is due (none while one runs).
-    fn next_sweep(&self) -> Option<Instant> {
+    /// Sets when the next periodic pass is due (none while one runs):
+    /// `reconcile_interval` after the last pass ended, or after start-up.
+    fn plan_sweep(&mut self) {
         let every = self.inner.config.reconcile_interval;
-        if every.is_zero() || self.list.is_some() {
-            return None;
-        }
-        let base = self.last_pass_done_ms.unwrap_or(self.started_ms);
-        let due_ms = base.saturating_add(every.as_millis().try_into().unwrap_or(u64::MAX));
-        Some(Instant::now() + Duration::from_millis(due_ms.saturating_sub(now_ms())))
+        self.sweep_at = if every.is_zero() || self.list.is_some() {
+            None
+        } else {
+            let base = self.last_pass_done_ms.unwrap_or(self.started_ms);
+            let due_ms = base.saturating_add(every.as_millis().try_into().unwrap_or(u64::MAX));
+            Some(Instant::now() + Duration::from_millis(due_ms.saturating_sub(now_ms())))
+        };
     }
 
     /// Suspects whose grace period is over: fetched if the firehose has
@@ -1901,8 +1910,10 @@ impl HostTask {
         Ok(())
     }
 
-    /// Publishes progress, and logs it every 10 s while there is work.
+    /// Publishes progress (called when something changed, not per
+    /// frame), and logs it at most every 10 s while there is work.
     fn report(&mut self) {
+        self.changed = false;
         let queued = self.resyncs.len() + self.importing.len();
         self.queued.store(queued, Ordering::Relaxed);
         let mut p = self.link.progress.lock().unwrap_or_else(|p| p.into_inner());

@@ -6,12 +6,13 @@
 //! top of the imported head, in stream order; when they overflow the
 //! buffer, the repo is simply imported once more.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use barn_identity::{Resolver, ResolverConfig};
 use barn_mirror::{Metrics, Mirror, MirrorConfig};
-use barn_store::{Source, Store, StoreOptions, SyncState};
+use barn_store::{Source, Store, SyncState};
 use barn_testkit::{DraftOptions, FakeAccount, FakePds};
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -35,27 +36,13 @@ struct Setup {
 /// the account moves three commits ahead where barn cannot see it (no
 /// frames), and `getRepo` is made slow.
 async fn setup(repo_buffer_bytes: usize) -> Setup {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BARN_TEST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    common::logging();
     let fake = FakePds::start().await.unwrap();
     let host = fake.url().to_owned();
     let mut acct = FakeAccount::new(&FakeAccount::plc_did(7), 7);
     let did = acct.did().to_owned();
     fake.set_did_doc(&did, acct.did_doc(&host));
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
-    let resolver = Resolver::new(ResolverConfig {
-        plc_url: host.clone(),
-        allow_http_localhost: true,
-        ..ResolverConfig::default()
-    })
-    .unwrap();
-    let metrics = Metrics::new().unwrap();
+    let (dir, store) = common::store();
     let config = MirrorConfig {
         new_host_cursor: Some(0),
         backfill: false,
@@ -64,7 +51,7 @@ async fn setup(repo_buffer_bytes: usize) -> Setup {
         repo_buffer_bytes,
         ..MirrorConfig::default()
     };
-    let mirror = Mirror::new(store.clone(), resolver, config, metrics.clone());
+    let (mirror, metrics) = common::mirror_at(&host, &store, config);
     mirror.start(std::slice::from_ref(&host)).unwrap();
 
     let genesis = acct
@@ -102,6 +89,22 @@ async fn setup(repo_buffer_bytes: usize) -> Setup {
     }
 }
 
+/// Pushes a crafted commit at seq 2: valid on the account's real head,
+/// but barn holds an older one, so it cannot be chained (since and
+/// prevData differ). Waits for barn to mark the repo desynchronized.
+async fn desync(fake: &FakePds, store: &Store, acct: &FakeAccount) {
+    let mut bad = acct.draft(2).unwrap();
+    bad.event.prev_data = Some(barn_repo::cid_for_cbor(b"\xa0"));
+    fake.push(2, bad.frame());
+    wait_for("the repo to be marked desynchronized", || {
+        store
+            .repo(acct.did())
+            .unwrap()
+            .is_some_and(|s| s.sync == SyncState::Desynchronized)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_desynchronized_repo_is_resynced_and_commits_buffered_meanwhile_are_applied() {
     let Setup {
@@ -115,18 +118,7 @@ async fn a_desynchronized_repo_is_resynced_and_commits_buffered_meanwhile_are_ap
     let did = acct.did().to_owned();
     let imported_head = acct.head().unwrap().clone();
 
-    // A crafted commit: valid on the account's real head, but barn holds an
-    // older one, so it cannot be chained (since and prevData differ).
-    let mut bad = acct.draft(2).unwrap();
-    bad.event.prev_data = Some(barn_repo::cid_for_cbor(b"\xa0"));
-    fake.push(2, bad.frame());
-    let s = store.clone();
-    wait_for("the repo to be marked desynchronized", || {
-        s.repo(&did)
-            .unwrap()
-            .is_some_and(|s| s.sync == SyncState::Desynchronized)
-    })
-    .await;
+    desync(&fake, &store, &acct).await;
     // While getRepo is slow, two valid commits arrive: buffered.
     let next = acct.draft(3).unwrap();
     acct.apply(&next);
@@ -182,16 +174,7 @@ async fn commits_overflowing_the_import_buffer_lead_to_one_more_import() {
         _dir,
     } = setup(1).await;
     let did = acct.did().to_owned();
-    let mut bad = acct.draft(2).unwrap();
-    bad.event.prev_data = Some(barn_repo::cid_for_cbor(b"\xa0"));
-    fake.push(2, bad.frame());
-    let s = store.clone();
-    wait_for("the repo to be marked desynchronized", || {
-        s.repo(&did)
-            .unwrap()
-            .is_some_and(|s| s.sync == SyncState::Desynchronized)
-    })
-    .await;
+    desync(&fake, &store, &acct).await;
     // Too big for a 1-byte buffer: dropped, and the repo imported again.
     let next = acct.draft(3).unwrap();
     acct.apply(&next);

@@ -8,9 +8,11 @@
 //! - each repo's firehose revisions chain (`since` = the previous rev);
 //! - every account's state equals the PDS's (compare helper).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,29 +25,17 @@ use barn_store::{Source, Store, StoreOptions};
 use barn_testkit::{Client, Network, WorkloadOptions, compare_with_pds};
 
 fn barn(net: &Network, data: &Path, log: &Path) -> tokio::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_barn"))
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "--host",
-            &net.pds_a.url,
-            "--plc-url",
-            &net.plc.url,
-            "--allow-http-localhost",
-        ])
-        .env("BARN_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    let args: [&OsStr; 8] = [
+        "serve".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--host".as_ref(),
+        net.pds_a.url.as_ref(),
+        "--plc-url".as_ref(),
+        net.plc.url.as_ref(),
+        "--allow-http-localhost".as_ref(),
+    ];
+    common::spawn_barn(args, log)
 }
 
 /// Every (did, rev) of a #commit PDS `host`'s backlog holds.

@@ -9,9 +9,11 @@
 //!   durable, not start the listing over;
 //! - end with all 60 repos imported, each exactly as the PDS serves it.
 
+mod common;
+
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use barn_store::{Source, Store, StoreOptions, SyncState};
@@ -20,22 +22,14 @@ use barn_testkit::{DraftOptions, FakeAccount, FakePds};
 const ACCOUNTS: u64 = 60;
 
 fn barn(config: &Path, log: &Path) -> tokio::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_barn"))
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .env("BARN_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    common::spawn_barn(
+        [
+            OsStr::new("serve"),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ],
+        log,
+    )
 }
 
 async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
@@ -107,7 +101,7 @@ async fn a_backfill_killed_half_way_resumes_without_refetching() {
             .map(|a| a.did().to_owned())
             .collect();
         let hs = store
-            .host(&barn_mirror_host(&host))
+            .host(&barn_mirror::normalize_host(&host))
             .unwrap()
             .expect("the host's state is stored");
         let pass = hs.list.expect("the listing pass was under way at the kill");
@@ -177,14 +171,12 @@ async fn a_backfill_killed_half_way_resumes_without_refetching() {
         assert_eq!(history[0].source, Source::Resync);
         assert_eq!(history[0].reason.as_deref(), Some("backfill"));
     }
-    let hs = store.host(&barn_mirror_host(&host)).unwrap().unwrap();
+    let hs = store
+        .host(&barn_mirror::normalize_host(&host))
+        .unwrap()
+        .unwrap();
     assert!(
         hs.list.is_none() && hs.last_pass_done_ms.is_some(),
         "{hs:?}"
     );
-}
-
-/// The form barn keys hosts by.
-fn barn_mirror_host(url: &str) -> String {
-    url.trim().trim_end_matches('/').to_ascii_lowercase()
 }

@@ -33,8 +33,14 @@ pub fn store() -> (tempfile::TempDir, Arc<Store>) {
 
 /// A mirror over `store` resolving through the network's PLC.
 pub fn mirror(net: &Network, store: &Arc<Store>, config: MirrorConfig) -> (Mirror, Metrics) {
+    mirror_at(&net.plc.url, store, config)
+}
+
+/// A mirror over `store` resolving through the PLC directory at `plc_url`
+/// (a `FakePds` serves one too).
+pub fn mirror_at(plc_url: &str, store: &Arc<Store>, config: MirrorConfig) -> (Mirror, Metrics) {
     let resolver = Resolver::new(ResolverConfig {
-        plc_url: net.plc.url.clone(),
+        plc_url: plc_url.to_owned(),
         ttl: Duration::from_secs(5),
         allow_http_localhost: true,
         ..ResolverConfig::default()
