@@ -202,7 +202,8 @@ impl Metrics {
 
     /// Every verification failure except the harmless ones (duplicates and
     /// stale revs replayed after a reconnect, events for other hosts'
-    /// repos, repos waiting for a resync).
+    /// repos, repos waiting for a resync, a `#sync` whose rev differs from
+    /// its signed commit's).
     pub fn hard_verification_failures(&self) -> u64 {
         let soft = [
             "duplicate",
@@ -210,6 +211,7 @@ impl Metrics {
             "wrong_host",
             "desynchronized",
             "sync_not_newer",
+            "sync_rev_mismatch",
         ];
         let mut total = 0;
         for mf in prometheus::core::Collector::collect(&self.verify_failures) {

@@ -1296,12 +1296,6 @@ impl HostTask {
                 .verify_failed(&self.host, "sync_not_newer");
             return Ok(());
         }
-        if let Some(imp) = self.importing.get_mut(&did) {
-            // The import may have fetched the state before or after the
-            // reset: fetch again once it ends.
-            imp.again = Some((Source::Sync, "sync event".into()));
-            return Ok(());
-        }
         let Some((here, id)) = self.authority(&did).await? else {
             self.desync(&did, state, "identity_unavailable", Source::Sync);
             return Ok(());
@@ -1319,6 +1313,32 @@ impl HostTask {
                 return Ok(());
             }
         };
+        if commit.rev != ev.rev {
+            // The reference PDS does this on every account activated after
+            // a migration: the event names the repo root's new rev, the
+            // block is the imported commit with its old one. The signed
+            // commit is what counts.
+            self.inner
+                .metrics
+                .verify_failed(&self.host, "sync_rev_mismatch");
+            tracing::debug!(host = %self.host, %did, event_rev = %ev.rev, commit_rev = %commit.rev, "#sync rev differs from its commit's");
+            if state
+                .rev
+                .as_deref()
+                .is_some_and(|r| commit.rev.as_str() <= r)
+            {
+                self.inner
+                    .metrics
+                    .verify_failed(&self.host, "sync_not_newer");
+                return Ok(());
+            }
+        }
+        if let Some(imp) = self.importing.get_mut(&did) {
+            // The import may have fetched the state before or after the
+            // reset: fetch again once it ends.
+            imp.again = Some((Source::Sync, "sync event".into()));
+            return Ok(());
+        }
         if commit.data != crate::verify::empty_root() {
             self.desync(&did, state, "sync event", Source::Sync);
             return Ok(());
@@ -1529,7 +1549,7 @@ fn check_sync_commit(
     let root = *car.root().ok_or("bad_car")?;
     let bytes = car.blocks.get(&root).ok_or("missing_block")?;
     let commit = Commit::decode(bytes).map_err(|_| "bad_commit")?;
-    if commit.did != ev.did || commit.rev != ev.rev {
+    if commit.did != ev.did {
         return Err("wrong_did");
     }
     commit
