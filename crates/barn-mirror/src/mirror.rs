@@ -1757,6 +1757,12 @@ impl HostTask {
                     self.queue_resync(&did, Source::Reconcile, &why);
                 }
             }
+            // That was the whole pass: the next periodic one is an
+            // interval from now, not due again at once.
+            self.last_pass_done_ms = Some(now_ms());
+            self.pending.cursor_dirty = true;
+            self.pending.first_at.get_or_insert_with(Instant::now);
+            self.plan_sweep();
             return;
         }
         if self.list.is_some() {
