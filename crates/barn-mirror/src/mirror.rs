@@ -1305,19 +1305,23 @@ impl HostTask {
             return Ok(());
         }
         // The event carries the signed commit; check it before acting on it.
-        let (commit_cid, commit, blocks) = match check_sync_commit(&ev, &id) {
+        let reject = |reason: &'static str| {
+            self.inner.metrics.verify_failed(&self.host, reason);
+            tracing::warn!(host = %self.host, %did, reason, "#sync rejected");
+        };
+        let (commit_cid, commit, blocks) = match check_sync_commit(&ev) {
             Ok(c) => c,
             Err(reason) => {
-                self.inner.metrics.verify_failed(&self.host, reason);
-                tracing::warn!(host = %self.host, %did, reason, "#sync rejected");
+                reject(reason);
                 return Ok(());
             }
         };
         if commit.rev != ev.rev {
             // The reference PDS does this on every account activated after
             // a migration: the event names the repo root's new rev, the
-            // block is the imported commit with its old one. The signed
-            // commit is what counts.
+            // block is the imported commit with its old rev (and the old
+            // host's signature, so barn must not check it when it brings
+            // nothing new). The signed commit is what counts.
             self.inner
                 .metrics
                 .verify_failed(&self.host, "sync_rev_mismatch");
@@ -1332,6 +1336,10 @@ impl HostTask {
                     .verify_failed(&self.host, "sync_not_newer");
                 return Ok(());
             }
+        }
+        if commit.verify_signature(&id.signing_key).is_err() {
+            reject("bad_signature");
+            return Ok(());
         }
         if let Some(imp) = self.importing.get_mut(&did) {
             // The import may have fetched the state before or after the
@@ -1541,10 +1549,9 @@ fn head_of(state: &RepoState) -> Option<Head> {
 
 type SyncCommit = (cid::Cid, Commit, barn_repo::BlockMap);
 
-fn check_sync_commit(
-    ev: &SyncEvent,
-    id: &Identity,
-) -> std::result::Result<SyncCommit, &'static str> {
+/// The commit a `#sync` carries, for its DID (the signature is checked by
+/// the caller, once it knows the commit is newer than barn's head).
+fn check_sync_commit(ev: &SyncEvent) -> std::result::Result<SyncCommit, &'static str> {
     let car = read_car(ev.blocks.clone(), &CarLimits::default()).map_err(|e| e.reason())?;
     let root = *car.root().ok_or("bad_car")?;
     let bytes = car.blocks.get(&root).ok_or("missing_block")?;
@@ -1552,9 +1559,6 @@ fn check_sync_commit(
     if commit.did != ev.did {
         return Err("wrong_did");
     }
-    commit
-        .verify_signature(&id.signing_key)
-        .map_err(|_| "bad_signature")?;
     Ok((root, commit, car.blocks))
 }
 
