@@ -235,6 +235,7 @@ fn seeded_store(dir: &Path, st: &Start) -> Arc<Store> {
                 host: HOST.into(),
                 ops: Vec::new(),
                 reason: Some("bench seed".into()),
+                chunked: None,
             },
         );
         let mut state = RepoState::new(HOST);
@@ -310,6 +311,7 @@ fn stages(spec: &StreamSpec, st: &Start, keys: &HashMap<String, PublicKey>, path
                     host: HOST.into(),
                     ops: i.ops.clone(),
                     reason: None,
+                    chunked: None,
                 },
             );
             let state = states

@@ -222,6 +222,7 @@ fn snapshot_batch(s: &Snapshot) -> Batch {
             host: HOST.into(),
             ops,
             reason: Some("new".into()),
+            chunked: None,
         },
     );
     batch.set_repo(DID, state(s.commit, &s.rev, s.data, 1));
@@ -257,6 +258,7 @@ fn add_edit(batch: &mut Batch, e: &Edit, i: usize) {
             host: HOST.into(),
             ops: vec![e.op.clone()],
             reason: None,
+            chunked: None,
         },
     );
     batch.set_repo(DID, state(e.commit, &e.rev, e.data, 2 + i as u64));

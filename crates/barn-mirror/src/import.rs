@@ -4,9 +4,11 @@
 //! an account that moved in, and a reconcile that found a difference.
 //!
 //! # Tricky bits
-//! - An import writes blocks, the record index changes and the revision in
-//!   one atomic batch, but never the repo's state: the host task owns that
-//!   and sets the new head when the import reports back. While an import
+//! - An import writes blocks (unsynced batches, one sync), then the record
+//!   index changes and the ops in chunks with an undo log, then the
+//!   revision (barn-store's `LargeRevision`); never the repo's state: the
+//!   host task owns that and sets the new head when the import reports
+//!   back. A failed check or a crash half-way puts the index back. While an import
 //!   runs, the host task buffers the repo's commits and writes no records
 //!   for it, so the record index the import diffs against cannot move.
 //! - A crash between the import's batch and the host task's leaves the
@@ -318,8 +320,8 @@ struct Spilled {
 /// the disk), then the commit (DID, signature) and the whole tree checked
 /// over those blocks and barn's, and the difference from barn's record
 /// index stored as one revision. Memory holds the MST nodes (up to
-/// `node_cache_bytes`), 16 bytes per record, and the revision's ops; not
-/// the CAR.
+/// `node_cache_bytes`) and 16 bytes per record (up to `max_seen_records`),
+/// a few chunks of blocks and ops; not the CAR, not the op list.
 ///
 /// A CAR answering `getRepo?since=` holds only what changed: the rest of
 /// the tree must already be in the store, or the import fails with a
@@ -528,9 +530,12 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
         first: &spilled.nodes,
         second: store.block_source(),
     };
+    // The ops go to the store in chunks as they are found, applied to the
+    // record index with an undo log: an error below (a missing block, a
+    // bad node) drops `revision`, which puts the index back.
+    let mut revision = store.large_revision(did, &head.rev);
     let mut current = store.records_iter(did);
     let mut cur = current.next().transpose()?;
-    let mut ops = Vec::new();
     let mut records = 0u64;
     for item in MstWalker::new(&blocks, &commit.data).map_err(repo_err)? {
         let (key, cid) = item.map_err(repo_err)?;
@@ -543,64 +548,57 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
         }
         let path = String::from_utf8_lossy(&key).into_owned();
         while let Some((p, old)) = cur.take_if(|(p, _)| *p < path) {
-            ops.push(Op {
+            revision.push(Op {
                 action: OpAction::Delete,
                 path: p,
                 cid: None,
                 prev: Some(old),
-            });
+            })?;
             cur = current.next().transpose()?;
         }
         match cur.take_if(|(p, _)| *p == path) {
             Some((_, old)) => {
                 if old != cid {
-                    ops.push(Op {
+                    revision.push(Op {
                         action: OpAction::Update,
                         path,
                         cid: Some(cid),
                         prev: Some(old),
-                    });
+                    })?;
                 }
                 cur = current.next().transpose()?;
             }
-            None => ops.push(Op {
+            None => revision.push(Op {
                 action: OpAction::Create,
                 path,
                 cid: Some(cid),
                 prev: None,
-            }),
+            })?,
         }
     }
     while let Some((p, old)) = cur {
-        ops.push(Op {
+        revision.push(Op {
             action: OpAction::Delete,
             path: p,
             cid: None,
             prev: Some(old),
-        });
+        })?;
         cur = current.next().transpose()?;
     }
     drop(current);
-    let mut batch = Batch::new();
-    for op in &ops {
-        batch.set_record(did, &op.path, op.cid);
-    }
-    let n_ops = ops.len();
-    batch.put_revision(
-        did,
-        CommitEntry {
-            rev: head.rev.clone(),
-            cid: root,
-            data: head.data,
-            since: req.state.rev.clone(),
-            seen_at_ms: now_ms(),
-            source: req.source,
-            seq: None,
-            host: normalize_host(&req.state.host),
-            ops,
-            reason: Some(req.reason.clone()),
-        },
-    );
-    store.write(batch)?;
+    let n_ops = revision.counts().total() as usize;
+    revision.commit(CommitEntry {
+        rev: head.rev.clone(),
+        cid: root,
+        data: head.data,
+        since: req.state.rev.clone(),
+        seen_at_ms: now_ms(),
+        source: req.source,
+        seq: None,
+        host: normalize_host(&req.state.host),
+        ops: Vec::new(),
+        reason: Some(req.reason.clone()),
+        chunked: None,
+    })?;
     Ok(report("imported", records, n_ops))
 }

@@ -1275,6 +1275,7 @@ impl HostTask {
                 host: self.host.clone(),
                 ops: input.ops.clone(),
                 reason: None,
+                chunked: None,
             },
         );
         let mut state = state;
@@ -1387,6 +1388,7 @@ impl HostTask {
                 host: self.host.clone(),
                 ops,
                 reason: Some("sync event (empty repo)".into()),
+                chunked: None,
             },
         );
         state.advance(commit_cid, commit.rev.clone(), commit.data);

@@ -111,3 +111,121 @@ async fn incomplete_or_forged_cars_leave_no_revision_and_the_genuine_one_imports
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].ops.len(), 40);
 }
+
+/// A repo of `n` records where record `i` says `version` when `i` is odd.
+fn versioned(n: usize, skip_every: usize, version: u32) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .filter(|i| skip_every == 0 || i % skip_every != 0)
+        .map(|i| {
+            let v = if i % 2 == 1 { version } else { 0 };
+            let json = serde_json::json!({"$type": "com.example.thing", "n": i, "v": v});
+            let value = barn_repo::data::record_from_json(&json).unwrap();
+            (
+                format!("com.example.thing/3l{i:011}"),
+                barn_repo::data::encode(&value).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// An import that fails late in a large repo has already applied thousands
+/// of record-index changes (they go in chunks, bounded memory): they are
+/// put back, so the index and history are as before, and the genuine CAR
+/// then imports with the right creates, updates and deletes.
+#[tokio::test]
+async fn a_large_import_failing_late_puts_the_record_index_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+    let key = PrivateKey::from_seed(KeyType::K256, 5);
+    let n = 6 * barn_store::CHUNK_OPS;
+    let (root1, blocks1) = build_repo(DID, "3l3qo2vuowo2b", &key, versioned(n, 0, 1)).unwrap();
+    let car1 = write_car(&[root1], blocks1.iter().map(|(c, b)| (c, &b[..])));
+    let request = |state: RepoState| ImportRequest {
+        did: DID.to_owned(),
+        key: key.public_key(),
+        state,
+        source: Source::Resync,
+        reason: "test".into(),
+    };
+    let first = import_car(
+        store.clone(),
+        request(RepoState::new("https://pds.example")),
+        std::io::Cursor::new(car1),
+        ImportLimits::default(),
+    )
+    .await
+    .unwrap();
+    let before = store.records(DID).unwrap();
+    assert_eq!(before.len(), n);
+    let mut state = RepoState::new("https://pds.example");
+    state.advance(first.head.cid, first.head.rev.clone(), first.head.data);
+
+    // Second version: every odd record changed, every fifth removed.
+    let (root2, blocks2) = build_repo(DID, "3l3qo2vuowo2c", &key, versioned(n, 5, 2)).unwrap();
+    let commit = barn_repo::commit::Commit::decode(blocks2.get(&root2).unwrap()).unwrap();
+    let walked: Vec<_> = barn_repo::mst::MstWalker::new(&blocks2, &commit.data)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    // Leave out a changed record near the end of the walk.
+    let late = walked[walked.len() - 10].1;
+    assert!(!blocks1.contains(&late), "the left-out record must be new");
+    let broken = write_car(
+        &[root2],
+        blocks2
+            .iter()
+            .filter(|(c, _)| **c != late)
+            .map(|(c, b)| (c, &b[..])),
+    );
+    match import_car(
+        store.clone(),
+        request(state.clone()),
+        std::io::Cursor::new(broken),
+        ImportLimits::default(),
+    )
+    .await
+    {
+        Err(Error::Repo { source, .. }) => {
+            assert_eq!(
+                source.reason(),
+                barn_repo::Error::MissingBlock(late).reason()
+            )
+        }
+        other => panic!("a missing record must fail the import: {other:?}"),
+    }
+    assert_eq!(store.records(DID).unwrap(), before);
+    assert_eq!(store.history(DID).unwrap().len(), 1);
+
+    let second = import_car(
+        store.clone(),
+        request(state),
+        std::io::Cursor::new(write_car(
+            &[root2],
+            blocks2.iter().map(|(c, b)| (c, &b[..])),
+        )),
+        ImportLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.label, "imported");
+    let now: Vec<_> = walked
+        .iter()
+        .map(|(k, c)| (String::from_utf8(k.clone()).unwrap(), *c))
+        .collect();
+    assert_eq!(store.records(DID).unwrap(), now);
+    let history = store.history(DID).unwrap();
+    assert_eq!(history.len(), 2);
+    let counts = history[1].op_counts();
+    let removed = n.div_ceil(5) as u64;
+    // Odd records not removed were changed.
+    let changed = (0..n).filter(|i| i % 2 == 1 && i % 5 != 0).count() as u64;
+    assert_eq!(
+        (counts.creates, counts.updates, counts.deletes),
+        (0, changed, removed)
+    );
+    assert!(history[1].chunked.is_some());
+    assert_eq!(
+        store.revision_ops(DID, &history[1]).unwrap().len() as u64,
+        changed + removed
+    );
+}

@@ -115,8 +115,9 @@ async fn outdated_cursor_is_caught_up_by_reconcile_with_deletes() {
                 acct.name
             );
             assert!(
-                entry
-                    .ops
+                store
+                    .revision_ops(&acct.did, entry)
+                    .unwrap()
                     .iter()
                     .any(|op| op.action == OpAction::Delete && &op.path == path),
                 "{}: no delete of {path} in {entry:?}",

@@ -9,7 +9,8 @@
 //! | `records` | DID ‖ 0 ‖ collection/rkey | record CID (current state only) |
 //! | `hosts` | host URL | [`HostState`]: cursor, last event time, `listRepos` pass |
 //! | `events` | barn seq (u64 BE) | (DID, rev): global order of stored revisions |
-//! | `meta` | `format`; `dict` ‖ id | store format (1); zstd dictionaries of block values |
+//! | `ops` | DID ‖ 0 ‖ rev ‖ 0 ‖ chunk (u32 BE) | ops of a revision too large to inline (an import), in chunks of 4096 |
+//! | `meta` | `format`; `dict` ‖ id; `pending` ‖ DID | store format (1); zstd dictionaries of block values; an import changing the record index (rev) |
 //!
 //! Writes go through [`Batch`] and [`Store::write`]: atomic and durable
 //! (one fsync per batch). See the `store` module for the rules.
@@ -18,11 +19,14 @@ mod codec;
 mod error;
 pub mod metrics;
 mod model;
+mod revision;
 mod store;
 
 pub use codec::{BlockCodec, DictionarySource};
 pub use error::{Error, Result};
 pub use model::{
-    CommitEntry, HostState, ListPass, Op, OpAction, PassKind, RepoState, Source, SyncState,
+    ChunkedOps, CommitEntry, HostState, ListPass, Op, OpAction, OpCounts, PassKind, RepoState,
+    Source, SyncState,
 };
+pub use revision::{CHUNK_OPS, LargeRevision};
 pub use store::{Batch, Store, StoreBlocks, StoreOptions, now_ms};

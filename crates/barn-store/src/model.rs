@@ -89,10 +89,72 @@ pub struct CommitEntry {
     pub seq: Option<i64>,
     /// The host it came from.
     pub host: String,
-    /// The record changes relative to the previous stored revision.
+    /// The record changes relative to the previous stored revision, when
+    /// they are stored here; empty when [`CommitEntry::chunked`] says they
+    /// are in the `ops` keyspace (read them with
+    /// [`Store::revision_ops`](crate::Store::revision_ops)).
     pub ops: Vec<Op>,
     /// Why a resync / reconcile happened, when it did.
     pub reason: Option<String>,
+    /// Set when the ops are too many to keep in this value (an import):
+    /// they are stored in chunks beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunked: Option<ChunkedOps>,
+}
+
+impl CommitEntry {
+    /// How many ops of each kind the revision has, wherever they are stored.
+    pub fn op_counts(&self) -> OpCounts {
+        match &self.chunked {
+            Some(c) => c.counts,
+            None => OpCounts::of(&self.ops),
+        }
+    }
+}
+
+/// Where the ops of a revision with many of them are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkedOps {
+    /// Chunks in the `ops` keyspace, numbered from 0.
+    pub chunks: u32,
+    /// The ops, counted by kind.
+    pub counts: OpCounts,
+}
+
+/// Ops of a revision, counted by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    /// Records created.
+    pub creates: u64,
+    /// Records changed.
+    pub updates: u64,
+    /// Records removed.
+    pub deletes: u64,
+}
+
+impl OpCounts {
+    /// Counts `ops`.
+    pub fn of(ops: &[Op]) -> OpCounts {
+        let mut c = OpCounts::default();
+        for op in ops {
+            c.add(op.action);
+        }
+        c
+    }
+
+    /// Counts one more op.
+    pub fn add(&mut self, action: OpAction) {
+        match action {
+            OpAction::Create => self.creates += 1,
+            OpAction::Update => self.updates += 1,
+            OpAction::Delete => self.deletes += 1,
+        }
+    }
+
+    /// All ops.
+    pub fn total(&self) -> u64 {
+        self.creates + self.updates + self.deletes
+    }
 }
 
 /// Whether barn's copy can be trusted to follow the stream.

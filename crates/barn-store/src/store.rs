@@ -95,15 +95,16 @@ impl Default for StoreOptions {
 
 /// barn's on-disk state.
 pub struct Store {
-    db: Database,
+    pub(crate) db: Database,
     codec: Codec,
-    meta: Keyspace,
+    pub(crate) meta: Keyspace,
     blocks: Keyspace,
     repos: Keyspace,
-    commits: Keyspace,
-    records: Keyspace,
+    pub(crate) commits: Keyspace,
+    pub(crate) records: Keyspace,
     hosts: Keyspace,
     events: Keyspace,
+    pub(crate) ops: Keyspace,
     next_event: AtomicU64,
 }
 
@@ -113,14 +114,14 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Our own model types always serialize (no maps with non-string keys,
     // no floats), so an error here is a programming mistake; keep it loud
     // but not a panic: store an empty value that fails to decode later.
     serde_ipld_dagcbor::to_vec(value).unwrap_or_default()
 }
 
-fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
     serde_ipld_dagcbor::from_slice(bytes).map_err(|e| Error::Corrupt {
         what,
         detail: e.to_string(),
@@ -133,7 +134,7 @@ fn dict_key(id: u8) -> Vec<u8> {
     k
 }
 
-fn key2(a: &str, b: &str) -> Vec<u8> {
+pub(crate) fn key2(a: &str, b: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + 1 + b.len());
     k.extend_from_slice(a.as_bytes());
     k.push(SEP);
@@ -141,7 +142,7 @@ fn key2(a: &str, b: &str) -> Vec<u8> {
     k
 }
 
-fn prefix(a: &str) -> Vec<u8> {
+pub(crate) fn prefix(a: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + 1);
     k.extend_from_slice(a.as_bytes());
     k.push(SEP);
@@ -241,8 +242,14 @@ impl Store {
             records: ks("records")?,
             hosts: ks("hosts")?,
             events,
+            ops: ks("ops")?,
             next_event: AtomicU64::new(next_event),
             db,
+        })
+        .and_then(|store| {
+            // An import that crashed half-way through the record index.
+            store.recover_pending()?;
+            Ok(store)
         })
     }
 
@@ -297,6 +304,9 @@ impl Store {
         }
         for (host, state) in &batch.hosts {
             wb.insert(&self.hosts, host.as_bytes(), encode(state));
+        }
+        for key in &batch.meta_remove {
+            wb.remove(&self.meta, key.as_slice());
         }
         wb.commit()?;
         if let Some(d) = &dict {
@@ -515,8 +525,9 @@ impl Store {
         Ok(out)
     }
 
-    fn keyspaces(&self) -> [(&'static str, &Keyspace); 7] {
+    fn keyspaces(&self) -> [(&'static str, &Keyspace); 8] {
         [
+            ("ops", &self.ops),
             ("blocks", &self.blocks),
             ("commits", &self.commits),
             ("records", &self.records),
@@ -587,6 +598,8 @@ pub struct Batch {
     pub(crate) records: BTreeMap<(String, String), Option<Cid>>,
     pub(crate) repos: BTreeMap<String, RepoState>,
     pub(crate) hosts: BTreeMap<String, HostState>,
+    /// `meta` keys to remove (pending marks of large revisions).
+    pub(crate) meta_remove: Vec<Vec<u8>>,
 }
 
 impl Batch {
@@ -602,6 +615,7 @@ impl Batch {
             && self.records.is_empty()
             && self.repos.is_empty()
             && self.hosts.is_empty()
+            && self.meta_remove.is_empty()
     }
 
     /// Stores a block (content-addressed; the caller has verified its hash).

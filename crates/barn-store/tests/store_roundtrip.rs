@@ -66,6 +66,7 @@ fn snapshot(
                 })
                 .collect(),
             reason: Some("test".into()),
+            chunked: None,
         },
     );
     let mut state = RepoState::new("http://localhost:1");

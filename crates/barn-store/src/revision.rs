@@ -1,0 +1,469 @@
+//! Revisions with too many ops to hold: an import's. The ops are written
+//! in chunks while the record index is changed, so that memory stays
+//! bounded whatever the repo's size, and the chunks double as an undo log
+//! so that a crash or a failed check never leaves the index half-changed.
+//!
+//! # Terminology
+//! - **chunk**: up to [`CHUNK_OPS`] ops of one revision, one value of the
+//!   `ops` keyspace, keyed DID ‖ 0 ‖ rev ‖ 0 ‖ chunk number (u32 BE).
+//! - **pending mark**: `meta` key `pending` ‖ DID, value the rev: a large
+//!   revision of that repo is changing its record index.
+//!
+//! # Tricky bits
+//! - A chunk is written in the same atomic batch as the record-index
+//!   changes of its ops, so the chunks stored are exactly the changes
+//!   applied; each op keeps the CID it replaced (`prev`), which is what
+//!   undoing needs.
+//! - The pending mark is durable before the first chunk is written, and it
+//!   is removed in the same durable batch that stores the revision entry.
+//!   After a crash, either the revision is stored with every op applied,
+//!   or the mark is there and [`Store::open`] undoes the chunks that made
+//!   it to disk.
+//! - Chunks are written without waiting for the disk. That is safe because
+//!   fjall syncs the journal before it flushes a memtable to a table: a
+//!   chunk's index changes never reach disk without the chunk itself.
+//! - Only one large revision of a repo may be open at a time, and nothing
+//!   else may write that repo's records meanwhile (the mirror imports a
+//!   repo only while it holds back the repo's live commits).
+
+use crate::error::{Error, Result};
+use crate::model::{ChunkedOps, CommitEntry, Op, OpCounts};
+use crate::store::{Batch, Store, decode, encode, key2, prefix};
+
+/// Ops per chunk: ~100 bytes each, so ~400 KB values.
+pub const CHUNK_OPS: usize = 4096;
+
+const META_PENDING: &[u8] = b"pending";
+
+fn pending_key(did: &str) -> Vec<u8> {
+    let mut k = META_PENDING.to_vec();
+    k.extend_from_slice(did.as_bytes());
+    k
+}
+
+fn chunk_prefix(did: &str, rev: &str) -> Vec<u8> {
+    let mut k = key2(did, rev);
+    k.push(0);
+    k
+}
+
+fn chunk_key(did: &str, rev: &str, n: u32) -> Vec<u8> {
+    let mut k = chunk_prefix(did, rev);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// A revision being written op by op; see the module docs. Made by
+/// [`Store::large_revision`]; ends with [`LargeRevision::commit`] or
+/// [`LargeRevision::abort`] (dropping it aborts, logging any error).
+#[derive(Debug)]
+pub struct LargeRevision<'s> {
+    store: &'s Store,
+    did: String,
+    rev: String,
+    chunk: Vec<Op>,
+    chunks: u32,
+    counts: OpCounts,
+    /// The pending mark is on disk (so there may be something to undo).
+    marked: bool,
+    done: bool,
+}
+
+impl Store {
+    /// Starts a revision `rev` of `did` whose ops are pushed one by one and
+    /// applied to the record index as they go, in chunks; see the
+    /// `revision` module.
+    pub fn large_revision(&self, did: &str, rev: &str) -> LargeRevision<'_> {
+        LargeRevision {
+            store: self,
+            did: did.to_owned(),
+            rev: rev.to_owned(),
+            chunk: Vec::with_capacity(CHUNK_OPS),
+            chunks: 0,
+            counts: OpCounts::default(),
+            marked: false,
+            done: false,
+        }
+    }
+
+    /// The ops of a stored revision, wherever they are kept.
+    pub fn revision_ops(&self, did: &str, entry: &CommitEntry) -> Result<Vec<Op>> {
+        let Some(chunked) = entry.chunked else {
+            return Ok(entry.ops.clone());
+        };
+        let mut out = Vec::with_capacity(chunked.counts.total() as usize);
+        for n in 0..chunked.chunks {
+            let v = self
+                .ops
+                .get(chunk_key(did, &entry.rev, n))?
+                .ok_or_else(|| Error::Corrupt {
+                    what: "op chunk",
+                    detail: format!("{did} {} chunk {n} is missing", entry.rev),
+                })?;
+            out.extend(decode::<Vec<Op>>("op chunk", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Undoes every large revision a crash left half-applied.
+    pub(crate) fn recover_pending(&self) -> Result<()> {
+        let mut pending = Vec::new();
+        for guard in self.meta.prefix(META_PENDING) {
+            let (k, v) = guard.into_inner()?;
+            let did = String::from_utf8_lossy(&k[META_PENDING.len()..]).into_owned();
+            let rev = String::from_utf8_lossy(&v).into_owned();
+            pending.push((did, rev));
+        }
+        for (did, rev) in pending {
+            tracing::warn!(%did, %rev, "undoing the record-index changes of an import cut short");
+            undo(self, &did, &rev)?;
+        }
+        Ok(())
+    }
+}
+
+/// Puts back what the stored chunks of `did`/`rev` changed in the record
+/// index, removes them, then the pending mark (durably).
+fn undo(store: &Store, did: &str, rev: &str) -> Result<()> {
+    let mut keys = Vec::new();
+    for guard in store.ops.prefix(chunk_prefix(did, rev)) {
+        keys.push(guard.key()?.to_vec());
+    }
+    if store.commits.contains_key(key2(did, rev))? {
+        // The revision is stored: it was complete (cannot happen while the
+        // mark and the entry are written together; kept for safety).
+        keys.clear();
+    }
+    for key in keys {
+        let Some(v) = store.ops.get(&key)? else {
+            continue;
+        };
+        let ops: Vec<Op> = decode("op chunk", &v)?;
+        let mut wb = store.db.batch().durability(None);
+        for op in &ops {
+            let rkey = key2(did, &op.path);
+            match op.prev {
+                Some(prev) => wb.insert(&store.records, rkey, prev.to_bytes()),
+                None => wb.remove(&store.records, rkey),
+            }
+        }
+        wb.remove(&store.ops, key);
+        wb.commit()?;
+    }
+    let mut batch = Batch::new();
+    batch.meta_remove.push(pending_key(did));
+    store.write(batch)
+}
+
+impl LargeRevision<'_> {
+    /// Adds an op; every [`CHUNK_OPS`] ops, the chunk is written with its
+    /// record-index changes (not waiting for the disk).
+    pub fn push(&mut self, op: Op) -> Result<()> {
+        self.counts.add(op.action);
+        self.chunk.push(op);
+        if self.chunk.len() >= CHUNK_OPS {
+            self.write_chunk()?;
+        }
+        Ok(())
+    }
+
+    /// Ops pushed so far.
+    pub fn counts(&self) -> OpCounts {
+        self.counts
+    }
+
+    fn write_chunk(&mut self) -> Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let store = self.store;
+        if !self.marked {
+            let mut wb = store
+                .db
+                .batch()
+                .durability(Some(fjall::PersistMode::SyncData));
+            wb.insert(&store.meta, pending_key(&self.did), self.rev.as_bytes());
+            wb.commit()?;
+            self.marked = true;
+        }
+        let mut wb = store.db.batch().durability(None);
+        let p = prefix(&self.did);
+        let mut rkey = p.clone();
+        for op in &self.chunk {
+            rkey.truncate(p.len());
+            rkey.extend_from_slice(op.path.as_bytes());
+            match op.cid {
+                Some(cid) => wb.insert(&store.records, rkey.clone(), cid.to_bytes()),
+                None => wb.remove(&store.records, rkey.clone()),
+            }
+        }
+        wb.insert(
+            &store.ops,
+            chunk_key(&self.did, &self.rev, self.chunks),
+            encode(&self.chunk),
+        );
+        wb.commit()?;
+        self.chunks += 1;
+        self.chunk.clear();
+        Ok(())
+    }
+
+    /// Stores the revision: the last chunk, then, durably and together,
+    /// `entry` (its `ops` emptied, [`CommitEntry::chunked`] set) and the
+    /// removal of the pending mark. A revision with few ops (at most one
+    /// chunk's worth, never written out) keeps them inline.
+    pub fn commit(mut self, entry: CommitEntry) -> Result<()> {
+        match self.commit_inner(entry) {
+            Ok(()) => {
+                self.done = true;
+                Ok(())
+            }
+            Err(e) => {
+                // Put the index back now: a retry diffs against it.
+                if let Err(undo) = self.abort_inner() {
+                    tracing::error!(did = %self.did, error = %undo, "could not undo a failed import");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn commit_inner(&mut self, mut entry: CommitEntry) -> Result<()> {
+        let mut batch = Batch::new();
+        if self.chunks == 0 {
+            // Nothing written yet: an ordinary revision.
+            for op in &self.chunk {
+                batch.set_record(&self.did, &op.path, op.cid);
+            }
+            entry.ops = std::mem::take(&mut self.chunk);
+            entry.chunked = None;
+        } else {
+            self.write_chunk()?;
+            entry.ops = Vec::new();
+            entry.chunked = Some(ChunkedOps {
+                chunks: self.chunks,
+                counts: self.counts,
+            });
+            batch.meta_remove.push(pending_key(&self.did));
+        }
+        batch.put_revision(&self.did, entry);
+        self.store.write(batch)
+    }
+
+    /// Gives up: the record index is put back as it was before the first
+    /// push, and nothing of the revision is left.
+    pub fn abort(mut self) -> Result<()> {
+        self.abort_inner()
+    }
+
+    fn abort_inner(&mut self) -> Result<()> {
+        self.done = true;
+        self.chunk.clear();
+        if self.marked {
+            undo(self.store, &self.did, &self.rev)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LargeRevision<'_> {
+    fn drop(&mut self) {
+        if !self.done
+            && let Err(e) = self.abort_inner()
+        {
+            // The pending mark stays: the next open undoes it.
+            tracing::error!(did = %self.did, rev = %self.rev, error = %e, "could not undo an unfinished import");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use barn_repo::cid_for_cbor;
+    use cid::Cid;
+
+    use super::*;
+    use crate::model::{OpAction, Source};
+    use crate::store::StoreOptions;
+
+    const DID: &str = "did:plc:large";
+
+    fn cid(n: u64) -> Cid {
+        cid_for_cbor(&serde_ipld_dagcbor::to_vec(&n).unwrap())
+    }
+
+    fn entry(rev: &str) -> CommitEntry {
+        CommitEntry {
+            rev: rev.into(),
+            cid: cid(u64::MAX),
+            data: cid(u64::MAX - 1),
+            since: None,
+            seen_at_ms: 1,
+            source: Source::Resync,
+            seq: None,
+            host: "http://h".into(),
+            ops: Vec::new(),
+            reason: Some("test".into()),
+            chunked: None,
+        }
+    }
+
+    /// A record index of `n` paths, `p00000000` … (even numbers only, so
+    /// that odd ones can be created between them).
+    fn seed(store: &Store, n: u64) -> Vec<(String, Cid)> {
+        let mut batch = Batch::new();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let path = format!("app.x/p{:08}", i * 2);
+            batch.set_record(DID, &path, Some(cid(i)));
+            out.push((path, cid(i)));
+        }
+        store.write(batch).unwrap();
+        out
+    }
+
+    /// Ops over the seeded index: every third record deleted, every third
+    /// updated, and a create beside each seeded record.
+    fn ops(seeded: &[(String, Cid)]) -> Vec<Op> {
+        let mut out = Vec::new();
+        for (i, (path, old)) in seeded.iter().enumerate() {
+            match i % 3 {
+                0 => out.push(Op {
+                    action: OpAction::Delete,
+                    path: path.clone(),
+                    cid: None,
+                    prev: Some(*old),
+                }),
+                1 => out.push(Op {
+                    action: OpAction::Update,
+                    path: path.clone(),
+                    cid: Some(cid(1_000_000 + i as u64)),
+                    prev: Some(*old),
+                }),
+                _ => {}
+            }
+            out.push(Op {
+                action: OpAction::Create,
+                path: format!("app.x/p{:08}", i * 2 + 1),
+                cid: Some(cid(2_000_000 + i as u64)),
+                prev: None,
+            });
+        }
+        out
+    }
+
+    fn applied(before: &[(String, Cid)], ops: &[Op]) -> Vec<(String, Cid)> {
+        let mut map: std::collections::BTreeMap<String, Cid> = before.iter().cloned().collect();
+        for op in ops {
+            match op.cid {
+                Some(c) => map.insert(op.path.clone(), c),
+                None => map.remove(&op.path),
+            };
+        }
+        map.into_iter().collect()
+    }
+
+    #[test]
+    fn a_committed_large_revision_applies_every_op_and_reads_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let before = seed(&store, 9000);
+        let ops = ops(&before);
+        assert!(ops.len() > 3 * CHUNK_OPS);
+        let mut rev = store.large_revision(DID, "3rev");
+        for op in &ops {
+            rev.push(op.clone()).unwrap();
+        }
+        rev.commit(entry("3rev")).unwrap();
+
+        assert_eq!(store.records(DID).unwrap(), applied(&before, &ops));
+        let stored = store.revision(DID, "3rev").unwrap().unwrap();
+        assert!(stored.ops.is_empty());
+        let counts = stored.op_counts();
+        assert_eq!(
+            (counts.creates, counts.updates, counts.deletes),
+            (9000, 3000, 3000)
+        );
+        assert_eq!(store.revision_ops(DID, &stored).unwrap(), ops);
+        drop(store);
+        // Still there after a reopen (no pending mark left to undo it).
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(store.records(DID).unwrap(), applied(&before, &ops));
+        assert_eq!(store.history(DID).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_small_revision_keeps_its_ops_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let before = seed(&store, 10);
+        let ops = ops(&before);
+        let mut rev = store.large_revision(DID, "3rev");
+        for op in &ops {
+            rev.push(op.clone()).unwrap();
+        }
+        rev.commit(entry("3rev")).unwrap();
+        let stored = store.revision(DID, "3rev").unwrap().unwrap();
+        assert_eq!(stored.chunked, None);
+        assert_eq!(stored.ops, ops);
+        assert_eq!(store.records(DID).unwrap(), applied(&before, &ops));
+    }
+
+    #[test]
+    fn an_aborted_or_dropped_large_revision_leaves_the_index_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let before = seed(&store, 9000);
+        let ops = ops(&before);
+        let mut rev = store.large_revision(DID, "3rev");
+        for op in &ops[..ops.len() / 2] {
+            rev.push(op.clone()).unwrap();
+        }
+        assert_ne!(store.records(DID).unwrap(), before, "chunks were applied");
+        rev.abort().unwrap();
+        assert_eq!(store.records(DID).unwrap(), before);
+        assert!(store.revision(DID, "3rev").unwrap().is_none());
+        assert_eq!(store.ops.prefix(chunk_prefix(DID, "3rev")).count(), 0);
+
+        let mut rev = store.large_revision(DID, "3rev");
+        for op in &ops[..ops.len() / 2] {
+            rev.push(op.clone()).unwrap();
+        }
+        drop(rev);
+        assert_eq!(store.records(DID).unwrap(), before);
+        assert!(store.meta.get(pending_key(DID)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_large_revision_cut_short_by_a_crash_is_undone_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let before = seed(&store, 9000);
+        let ops = ops(&before);
+        let mut rev = store.large_revision(DID, "3rev");
+        for op in &ops[..ops.len() - 100] {
+            rev.push(op.clone()).unwrap();
+        }
+        // Make what was written durable, then "crash": no abort, no drop.
+        store.sync().unwrap();
+        std::mem::forget(rev);
+        assert_ne!(store.records(DID).unwrap(), before);
+        drop(store);
+
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(store.records(DID).unwrap(), before);
+        assert!(store.revision(DID, "3rev").unwrap().is_none());
+        assert!(store.meta.get(pending_key(DID)).unwrap().is_none());
+        assert_eq!(store.ops.prefix(chunk_prefix(DID, "3rev")).count(), 0);
+
+        // The import runs again and completes.
+        let mut rev = store.large_revision(DID, "3rev");
+        for op in &ops {
+            rev.push(op.clone()).unwrap();
+        }
+        rev.commit(entry("3rev")).unwrap();
+        assert_eq!(store.records(DID).unwrap(), applied(&before, &ops));
+    }
+}
