@@ -60,3 +60,11 @@ pub(crate) fn record_batch(batch: &Batch) {
         "group commit"
     );
 }
+
+/// Counts blocks written by [`Store::ingest_blocks`](crate::Store::ingest_blocks).
+pub(crate) fn record_ingest(blocks: usize, bytes: usize) {
+    if let Some(m) = METRICS.as_ref() {
+        m.block_bytes.inc_by(bytes as u64);
+    }
+    tracing::trace!(blocks, bytes, "blocks ingested");
+}

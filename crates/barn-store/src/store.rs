@@ -69,6 +69,9 @@ pub struct StoreOptions {
     /// the blocks of a firehose commit, so by default they are stored raw
     /// and left to fjall's lz4.
     pub compress_structure: bool,
+    /// fjall's background threads (memtable flushes and compactions);
+    /// 0 leaves fjall's default (one per core, up to 4).
+    pub worker_threads: usize,
 }
 
 impl Default for StoreOptions {
@@ -89,6 +92,7 @@ impl Default for StoreOptions {
             },
             blocks_lz4: true,
             compress_structure: false,
+            worker_threads: 0,
         }
     }
 }
@@ -160,11 +164,14 @@ pub fn now_ms() -> u64 {
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path, opts: &StoreOptions) -> Result<Store> {
-        let db = Database::builder(path)
+        let mut builder = Database::builder(path)
             .cache_size(opts.cache_bytes)
             // Durability is ours to decide: one fsync per group commit.
-            .manual_journal_persist(true)
-            .open()?;
+            .manual_journal_persist(true);
+        if opts.worker_threads > 0 {
+            builder = builder.worker_threads(opts.worker_threads);
+        }
+        let db = builder.open()?;
         let memtable = opts.memtable_bytes;
         let ks = |name: &str| {
             db.keyspace(name, || {
@@ -313,6 +320,69 @@ impl Store {
             self.codec.persisted(d);
         }
         crate::metrics::record_batch(&batch);
+        Ok(())
+    }
+
+    /// Writes many blocks at once, for imports: encoded on two threads,
+    /// sorted and written straight into new tables (fjall's ingestion),
+    /// bypassing the journal and the memtable, which a whole repository
+    /// would otherwise go through twice. Durable when this returns (the
+    /// tables are synced). `blocks` is emptied; duplicates are fine.
+    ///
+    /// The dictionary the values are compressed with, if new, is made
+    /// durable first: an ingested value must never name a dictionary a
+    /// crash could lose.
+    pub fn ingest_blocks(&self, blocks: &mut Vec<(Cid, Bytes)>) -> Result<()> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        self.codec.observe(blocks.iter().map(|(_, b)| b.as_ref()));
+        if let Some(d) = self.codec.unpersisted() {
+            self.meta.insert(dict_key(d.id), d.bytes.as_ref())?;
+            self.db.persist(PersistMode::SyncAll)?;
+            self.codec.persisted(&d);
+        }
+        let encode_all = |part: &[(Cid, Bytes)]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            part.iter()
+                .map(|(cid, data)| (cid.to_bytes(), self.codec.encode(data)))
+                .collect()
+        };
+        let mid = blocks.len() / 2;
+        let (first, second) = blocks.split_at(mid);
+        let mut encoded = std::thread::scope(|scope| {
+            let other = scope.spawn(|| encode_all(second));
+            let mut mine = encode_all(first);
+            // A panic in the other half is a bug; surface it as an error
+            // rather than tearing the import's thread down.
+            match other.join() {
+                Ok(theirs) => {
+                    mine.extend(theirs);
+                    Ok(mine)
+                }
+                Err(_) => Err(Error::Corrupt {
+                    what: "block encoding",
+                    detail: "encoding thread panicked".into(),
+                }),
+            }
+        })?;
+        let count = blocks.len();
+        let bytes: usize = blocks.iter().map(|(_, b)| b.len()).sum();
+        blocks.clear();
+        encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // Ingestion wants strictly increasing keys: a CAR may repeat a
+        // block.
+        encoded.dedup_by(|a, b| a.0 == b.0);
+        // Many ingestions in a row stack up level-0 runs; wait for
+        // compaction as fjall makes writers wait.
+        while self.blocks.l0_table_count() >= 20 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut ingestion = self.blocks.start_ingestion()?;
+        for (k, v) in encoded {
+            ingestion.write(k, v)?;
+        }
+        ingestion.finish()?;
+        crate::metrics::record_ingest(count, bytes);
         Ok(())
     }
 
