@@ -63,19 +63,7 @@ fn main() {
             let path = ensure_car(*size, order);
             let bytes = std::fs::metadata(&path).expect("car").len();
             let dir = tempfile::tempdir().expect("tempdir");
-            let store = Arc::new(
-                Store::open(
-                    dir.path(),
-                    &StoreOptions {
-                        worker_threads: std::env::var("BARN_FJALL_WORKERS")
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0),
-                        ..StoreOptions::default()
-                    },
-                )
-                .expect("store"),
-            );
+            let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).expect("store"));
             // A store that has imported anything has its record dictionary
             // (trained once, from its first 4 MiB of records): import
             // another account first, untimed, as a backfill would have.

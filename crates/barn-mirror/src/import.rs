@@ -462,6 +462,39 @@ fn spill(
         blocks: 0,
         bytes: 0,
     };
+    // Blocks are written on a thread of their own, one batch in flight,
+    // so that checking the next batch overlaps writing this one.
+    let (to_writer, batches) = std::sync::mpsc::sync_channel::<Vec<(Cid, Bytes)>>(1);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<()> {
+            for mut batch in batches {
+                store.ingest_blocks(&mut batch)?;
+            }
+            Ok(())
+        });
+        let checked = check_blocks(root, &mut rx, limits, &mut out, &to_writer, &repo_err);
+        drop(to_writer);
+        let written = writer
+            .join()
+            .map_err(|_| Error::Task("block writer panicked".into()))?;
+        // A writer that failed stops taking batches: its error says why.
+        written?;
+        checked
+    })?;
+    out.seen.index();
+    Ok(out)
+}
+
+/// The checking half of [`spill`]: DAG-CBOR, commit / node / record,
+/// batches handed to the writer. Stops early (`Ok`) if the writer is gone.
+fn check_blocks(
+    root: Cid,
+    rx: &mut mpsc::Receiver<Vec<(Cid, Bytes)>>,
+    limits: &ImportLimits,
+    out: &mut Spilled,
+    writer: &std::sync::mpsc::SyncSender<Vec<(Cid, Bytes)>>,
+    repo_err: &dyn Fn(barn_repo::Error) -> Error,
+) -> Result<()> {
     let mut node_bytes = 0usize;
     let mut batch = Vec::new();
     let mut batch_bytes = 0usize;
@@ -493,15 +526,16 @@ fn spill(
             batch.push((cid, data));
         }
         if batch_bytes >= limits.spill_bytes {
-            store.ingest_blocks(&mut batch)?;
+            if writer.send(std::mem::take(&mut batch)).is_err() {
+                return Ok(());
+            }
             batch_bytes = 0;
         }
     }
-    // Ingested blocks are durable when this returns: the revision written
-    // next may refer to them.
-    store.ingest_blocks(&mut batch)?;
-    out.seen.index();
-    Ok(out)
+    // Ingested blocks are durable when the writer is done with them: the
+    // revision written next may refer to them.
+    let _ = writer.send(batch);
+    Ok(())
 }
 
 /// Checks the commit and the tree, and stores the revision (blocking).
