@@ -37,7 +37,7 @@ enum Command {
     /// commit and store it durably with its history. Stops cleanly on
     /// SIGTERM / SIGINT. Logs go to stderr (level from BARN_LOG, e.g.
     /// `BARN_LOG=debug`).
-    Serve(ServeArgs),
+    Serve(MirrorArgs),
     /// Verify a repository CAR file (as served by com.atproto.sync.getRepo):
     /// every block hash, the MST structure, every record present, and the
     /// commit signature when a key is given. Prints a JSON summary.
@@ -59,7 +59,7 @@ enum Command {
 /// Settings for `barn serve`; each flag also reads a `BARN_*` variable and
 /// overrides the config file.
 #[derive(clap::Args)]
-struct ServeArgs {
+struct MirrorArgs {
     /// TOML config file (see deploy/barn.example.toml).
     #[arg(long, short, env = "BARN_CONFIG")]
     config: Option<PathBuf>,
@@ -82,16 +82,37 @@ struct ServeArgs {
     allow_http_localhost: bool,
 }
 
+impl MirrorArgs {
+    /// The config file (if any) overlaid with the flags and `BARN_*`
+    /// variables, validated.
+    fn config(self) -> anyhow::Result<config::Config> {
+        let file = match &self.config {
+            Some(path) => config::RawConfig::from_file(path)?,
+            None => config::RawConfig::default(),
+        };
+        let flags = config::RawConfig {
+            data_dir: self.data_dir,
+            plc_url: self.plc_url,
+            hosts: (!self.hosts.is_empty()).then_some(self.hosts),
+            accounts: (!self.accounts.is_empty()).then_some(self.accounts),
+            allow_http_localhost: self.allow_http_localhost.then_some(true),
+            mirror: None,
+        };
+        file.merge(flags).validate()
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Serve(args) = cli.command {
-        return serve_main(args);
-    }
+    let command = match cli.command {
+        Command::Serve(args) => return serve_main(args),
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    match cli.command {
+    match command {
         Command::Serve(_) => Ok(()),
         Command::VerifyCar {
             path,
@@ -149,30 +170,29 @@ async fn verify_car(
     Ok(())
 }
 
-fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
+/// Logs to stderr through `writer`, at BARN_LOG's level or `default`.
+fn init_logging<W>(default: &str, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BARN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .init();
-    let file = match &args.config {
-        Some(path) => config::RawConfig::from_file(path)?,
-        None => config::RawConfig::default(),
-    };
-    let flags = config::RawConfig {
-        data_dir: args.data_dir,
-        plc_url: args.plc_url,
-        hosts: (!args.hosts.is_empty()).then_some(args.hosts),
-        accounts: (!args.accounts.is_empty()).then_some(args.accounts),
-        allow_http_localhost: args.allow_http_localhost.then_some(true),
-        mirror: None,
-    };
-    let config = file.merge(flags).validate()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+}
+
+fn multi_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
-    rt.block_on(serve::serve(config))
+        .context("starting the runtime")
+}
+
+fn serve_main(args: MirrorArgs) -> anyhow::Result<()> {
+    init_logging("info", std::io::stderr);
+    let config = args.config()?;
+    multi_thread_runtime()?.block_on(serve::serve(config))
 }
