@@ -1,4 +1,5 @@
-//! `barn serve`: the live mirror, until SIGTERM or SIGINT.
+//! `barn serve`: the live mirror, until SIGTERM or SIGINT. The start-up and
+//! the clean stop are shared with `barn backfill`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,11 @@ pub struct Running {
     pub store: Arc<Store>,
     /// The mirror, with its host tasks started.
     pub mirror: Mirror,
+    /// Where the mirror's, the resolver's and the store's metrics are
+    /// registered.
+    pub registry: prometheus::Registry,
+    /// Accounts of the config that could not be tracked, with why.
+    pub untracked: Vec<(String, String)>,
 }
 
 /// Runs the mirror with `config` until a termination signal, then stops
@@ -65,16 +71,23 @@ pub async fn start(config: &Config, store: Arc<Store>) -> anyhow::Result<Running
 
     let mirror = Mirror::new(store.clone(), resolver, config.mirror.clone(), metrics);
     mirror.start(&config.hosts).context("starting the mirror")?;
+    let mut untracked = Vec::new();
     for did in &config.accounts {
         match mirror.track_account(did).await {
             Ok(pds) => tracing::info!(%did, %pds, "tracking account"),
             // Not fatal: the other hosts and accounts go on.
             Err(e) => {
                 tracing::error!(%did, error = %e, "cannot track account (does the DID resolve?)");
+                untracked.push((did.clone(), e.to_string()));
             }
         }
     }
-    Ok(Running { store, mirror })
+    Ok(Running {
+        store,
+        mirror,
+        registry,
+        untracked,
+    })
 }
 
 /// Stops intake, flushes every host's group commit and cursor, and syncs
