@@ -15,7 +15,7 @@
 //!   does not count it), so once everything is settled the store is
 //!   scanned for repos of those hosts and accounts still desynchronized
 //!   (marked for import). None: done. Some: their retries are waited for,
-//!   at most `retry_for` without one of them succeeding.
+//!   until `retry_for` has passed without any import succeeding.
 //!
 //! # Progress
 //! The bar's length is what the listings have shown so far (plus the
@@ -215,8 +215,9 @@ fn summary(
         );
     }
     if left > 0 {
+        let what = if left == 1 { "repo" } else { "repos" };
         bail!(
-            "{left} repos could not be imported within --retry-for {}s of retries; they stay marked for import, and the next `barn backfill` or `barn serve` tries them again",
+            "{left} {what} could not be imported within --retry-for {}s of retries; they stay marked for import, and the next `barn backfill` or `barn serve` tries them again",
             options.retry_for.as_secs()
         );
     }
@@ -236,8 +237,8 @@ enum End {
 enum Verdict {
     Working,
     Done,
-    /// Only failing imports are left, and `retry_for` passed without one
-    /// succeeding.
+    /// Only failing imports are left, and `retry_for` passed without any
+    /// import succeeding.
     GaveUp {
         left: usize,
     },
@@ -261,6 +262,9 @@ struct Counts {
     failed_imports: u64,
     /// `listRepos` pages that failed (retried with a growing delay).
     list_errors: u64,
+    /// Repos whose import failed, waiting for a retry (as of the last
+    /// scan of the store, made only when nothing else is left).
+    retrying: usize,
 }
 
 impl Counts {
@@ -276,11 +280,15 @@ impl Counts {
 
     /// Time left for what is known at that rate, rounded up (`0s` only
     /// when nothing is left); `+` while a listing goes on (more will come),
-    /// `?` before anything was imported.
+    /// `?` before anything was imported or when only failing imports are
+    /// left.
     fn eta(&self, elapsed: Duration) -> String {
         let left = self.total.saturating_sub(self.done);
         let rate = self.rate(elapsed);
-        if left == 0 && !self.listing {
+        if self.queued + self.running == 0 && self.retrying > 0 && !self.listing {
+            // Only failing imports left: no rate says when they succeed.
+            "?".to_owned()
+        } else if left == 0 && !self.listing {
             "0s".to_owned()
         } else if left > 0 && rate > 0.0 {
             let secs = (left as f64 / rate).ceil();
@@ -298,6 +306,9 @@ impl Counts {
             "backfill: {}/{}{plus} repos done/listed, {} running, {} queued, {} failed",
             self.done, self.total, self.running, self.queued, self.failed_imports
         );
+        if self.retrying > 0 {
+            line.push_str(&format!(", {} to retry", self.retrying));
+        }
         if self.list_errors > 0 {
             line.push_str(&format!(", {} listRepos errors", self.list_errors));
         }
@@ -321,6 +332,9 @@ impl Counts {
             "{} running · {} queued · {} failed",
             self.running, self.queued, self.failed_imports
         ));
+        if self.retrying > 0 {
+            msg.push_str(&format!(" · {} to retry", self.retrying));
+        }
         if self.list_errors > 0 {
             msg.push_str(&format!(" · {} listRepos errors", self.list_errors));
         }
@@ -385,8 +399,10 @@ struct Watch {
     seen: HashMap<String, Seen>,
     retry_for: Duration,
     last_scan: Option<Instant>,
-    /// Since when only failing imports are left, and how many.
-    stuck: Option<(Instant, usize)>,
+    /// Repos still marked for import at the last scan.
+    retrying: usize,
+    /// When the imports or listed counts last grew, and their values.
+    moved: (Instant, (u64, u64)),
 }
 
 impl Watch {
@@ -404,7 +420,8 @@ impl Watch {
             seen: HashMap::new(),
             retry_for,
             last_scan: None,
-            stuck: None,
+            retrying: 0,
+            moved: (Instant::now(), (0, 0)),
         }
     }
 
@@ -469,9 +486,16 @@ impl Watch {
         if let Some(host) = waited_hosts.iter().find(|h| stopped.contains_key(*h)) {
             bail!("the task following {host} stopped on an error (see the log above)");
         }
-        c.done = base + c.imported;
-        c.total = (listed + self.accounts.len() as u64).max(c.done + (c.queued + c.running) as u64);
+        if (c.imported, listed) != self.moved.1 {
+            self.moved = (Instant::now(), (c.imported, listed));
+        }
         let verdict = self.verdict(running, settled)?;
+        c.retrying = self.retrying;
+        c.done = base + c.imported;
+        // A failed import waiting for its retry is in neither the queue
+        // nor (when the listing was not seen) the listed count.
+        let pending = (c.queued + c.running).max(c.retrying) as u64;
+        c.total = (listed + self.accounts.len() as u64).max(c.done + pending);
         if verdict == Verdict::Done {
             // Everything listed is settled: the bar ends full.
             c.total = c.done;
@@ -479,30 +503,24 @@ impl Watch {
         Ok(Observed { counts: c, verdict })
     }
 
+    /// Done, still working, or only failing imports left for too long.
+    /// The clock for giving up runs from the last import that succeeded
+    /// (or listing page), not from when the host last looked idle: a
+    /// failing repo being retried makes the host busy for a moment on
+    /// every retry.
     fn verdict(&mut self, running: &Running, settled: bool) -> anyhow::Result<Verdict> {
-        if !settled {
-            self.stuck = None;
-            return Ok(Verdict::Working);
-        }
-        if self.last_scan.is_some_and(|t| t.elapsed() < SCAN_EVERY) {
+        if !settled || self.last_scan.is_some_and(|t| t.elapsed() < SCAN_EVERY) {
             return Ok(Verdict::Working);
         }
         self.last_scan = Some(Instant::now());
         let left = self.left_to_import(running)?;
+        self.retrying = left;
         if left == 0 {
-            return Ok(Verdict::Done);
-        }
-        let now = Instant::now();
-        match self.stuck {
-            Some((_, n)) if left >= n => {}
-            // First seen, or one of them succeeded: the wait starts again.
-            _ => self.stuck = Some((now, left)),
-        }
-        match self.stuck {
-            Some((since, _)) if now.duration_since(since) >= self.retry_for => {
-                Ok(Verdict::GaveUp { left })
-            }
-            _ => Ok(Verdict::Working),
+            Ok(Verdict::Done)
+        } else if self.moved.0.elapsed() >= self.retry_for {
+            Ok(Verdict::GaveUp { left })
+        } else {
+            Ok(Verdict::Working)
         }
     }
 
@@ -560,6 +578,7 @@ mod tests {
             imported: 37,
             failed_imports: 0,
             list_errors: 0,
+            retrying: 0,
         };
         assert_eq!(
             c.plain_line(Duration::from_secs(10)),

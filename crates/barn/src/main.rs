@@ -121,8 +121,8 @@ struct BackfillArgs {
     #[command(flatten)]
     mirror: MirrorArgs,
     /// Once nothing but failing imports is left, how many seconds to keep
-    /// retrying them before exiting (the wait starts again whenever one of
-    /// them succeeds).
+    /// retrying them, counted from the last import that succeeded, before
+    /// giving up (exit 1).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     retry_for: u64,
 }
