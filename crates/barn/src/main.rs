@@ -1,6 +1,8 @@
-//! The `barn` command line: `barn serve` runs the live mirror; the offline
-//! repository tools sit beside it.
+//! The `barn` command line: `barn serve` runs the live mirror, `barn
+//! backfill` brings hosts and accounts in once with a progress bar; the
+//! offline repository tools sit beside them.
 
+mod backfill;
 mod config;
 mod serve;
 
@@ -37,7 +39,38 @@ enum Command {
     /// commit and store it durably with its history. Stops cleanly on
     /// SIGTERM / SIGINT. Logs go to stderr (level from BARN_LOG, e.g.
     /// `BARN_LOG=debug`).
-    Serve(ServeArgs),
+    Serve(MirrorArgs),
+    /// Back up the given hosts and accounts once, in the foreground, with a
+    /// progress bar, and exit when everything is imported.
+    ///
+    /// Lists every `--host` (`com.atproto.sync.listRepos`) and imports each
+    /// repo on it (`getRepo`, verified like everything barn stores), and
+    /// imports each `--account`, into the same store as `barn serve` (same
+    /// config file, flags and `BARN_*` variables). It exits 0 once every
+    /// host's listing is finished and nothing is left to import; the store
+    /// then holds a verified head for every repo, and a later `barn serve`
+    /// on the same data directory follows the firehoses from there.
+    ///
+    /// It resumes: stopped by Ctrl-C or SIGTERM it saves what is done
+    /// (exit 0), and the next run carries on at the listing page it had
+    /// reached, without fetching again the repos already stored. A host
+    /// whose listing was finished before is not listed again; only repos
+    /// left unimported are fetched.
+    ///
+    /// Failed fetches are retried (every `mirror.resync_retry_ms`, and a
+    /// failing listRepos page with a growing delay); the progress line
+    /// counts them. When only failing imports are left, it gives up on them
+    /// after `--retry-for`, prints the summary and exits 1; they stay
+    /// marked, and the next `backfill` or `serve` tries them again.
+    ///
+    /// Progress: a bar on a terminal, otherwise a line on stderr every 2 s:
+    /// repos done out of those listed so far (`+` while the listing goes
+    /// on), imports running and queued, failed attempts (each retried),
+    /// rate and ETA. At the end one line on stdout: `backfill done: <N>
+    /// repos imported, <F> failed, <S> s`, where F counts the repos and
+    /// accounts left without a copy. Logs go to stderr at level warn unless
+    /// BARN_LOG says otherwise.
+    Backfill(BackfillArgs),
     /// Verify a repository CAR file (as served by com.atproto.sync.getRepo):
     /// every block hash, the MST structure, every record present, and the
     /// commit signature when a key is given. Prints a JSON summary.
@@ -56,10 +89,10 @@ enum Command {
     },
 }
 
-/// Settings for `barn serve`; each flag also reads a `BARN_*` variable and
-/// overrides the config file.
+/// Settings shared by `barn serve` and `barn backfill`; each flag also
+/// reads a `BARN_*` variable and overrides the config file.
 #[derive(clap::Args)]
-struct ServeArgs {
+struct MirrorArgs {
     /// TOML config file (see deploy/barn.example.toml).
     #[arg(long, short, env = "BARN_CONFIG")]
     config: Option<PathBuf>,
@@ -82,17 +115,51 @@ struct ServeArgs {
     allow_http_localhost: bool,
 }
 
+/// `barn backfill`: the mirror's settings, and when to give up.
+#[derive(clap::Args)]
+struct BackfillArgs {
+    #[command(flatten)]
+    mirror: MirrorArgs,
+    /// Once nothing but failing imports is left, how many seconds to keep
+    /// retrying them, counted from the last import that succeeded, before
+    /// giving up (exit 1).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    retry_for: u64,
+}
+
+impl MirrorArgs {
+    /// The config file (if any) overlaid with the flags and `BARN_*`
+    /// variables, validated.
+    fn config(self) -> anyhow::Result<config::Config> {
+        let file = match &self.config {
+            Some(path) => config::RawConfig::from_file(path)?,
+            None => config::RawConfig::default(),
+        };
+        let flags = config::RawConfig {
+            data_dir: self.data_dir,
+            plc_url: self.plc_url,
+            hosts: (!self.hosts.is_empty()).then_some(self.hosts),
+            accounts: (!self.accounts.is_empty()).then_some(self.accounts),
+            allow_http_localhost: self.allow_http_localhost.then_some(true),
+            mirror: None,
+        };
+        file.merge(flags).validate()
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Serve(args) = cli.command {
-        return serve_main(args);
-    }
+    let command = match cli.command {
+        Command::Serve(args) => return serve_main(args),
+        Command::Backfill(args) => return backfill_main(args),
+        other => other,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    match cli.command {
-        Command::Serve(_) => Ok(()),
+    match command {
+        Command::Serve(_) | Command::Backfill(_) => Ok(()),
         Command::VerifyCar {
             path,
             did,
@@ -149,30 +216,53 @@ async fn verify_car(
     Ok(())
 }
 
-fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
+/// Logs to stderr through `writer`, at BARN_LOG's level or `default`.
+fn init_logging<W>(default: &str, writer: W)
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BARN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .init();
-    let file = match &args.config {
-        Some(path) => config::RawConfig::from_file(path)?,
-        None => config::RawConfig::default(),
-    };
-    let flags = config::RawConfig {
-        data_dir: args.data_dir,
-        plc_url: args.plc_url,
-        hosts: (!args.hosts.is_empty()).then_some(args.hosts),
-        accounts: (!args.accounts.is_empty()).then_some(args.accounts),
-        allow_http_localhost: args.allow_http_localhost.then_some(true),
-        mirror: None,
-    };
-    let config = file.merge(flags).validate()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+}
+
+fn multi_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?;
-    rt.block_on(serve::serve(config))
+        .context("starting the runtime")
+}
+
+fn serve_main(args: MirrorArgs) -> anyhow::Result<()> {
+    init_logging("info", std::io::stderr);
+    let config = args.config()?;
+    multi_thread_runtime()?.block_on(serve::serve(config))
+}
+
+fn backfill_main(args: BackfillArgs) -> anyhow::Result<()> {
+    let bar = backfill::new_bar();
+    // Default level warn, not serve's info: at info every import and page
+    // logs a line (hundreds a second on a big host), which would bury the
+    // bar and the plain progress lines; the bar and the counts say the
+    // same thing. Warnings and errors (a failing host, an import that will
+    // be retried) still show, written through `suspend` so that a line
+    // never lands in the middle of the bar; BARN_LOG=info brings the rest.
+    let writer = backfill::LogWriter::new(bar.clone());
+    init_logging("warn", move || writer.clone());
+    let mut config = args.mirror.config()?;
+    // A backfill lists every host that has not been listed to the end,
+    // whatever the config file says for `serve`.
+    config.mirror.backfill = true;
+    // The periodic reconcile is `serve`'s job: here it would only start
+    // a sweep of a host listed more than a day ago, which is not what
+    // this command was asked to wait for.
+    config.mirror.reconcile_interval = std::time::Duration::ZERO;
+    let options = backfill::Options {
+        retry_for: std::time::Duration::from_secs(args.retry_for),
+    };
+    multi_thread_runtime()?.block_on(backfill::backfill(config, bar, options))
 }

@@ -1,6 +1,8 @@
-//! `barn serve`: the live mirror, until SIGTERM or SIGINT.
+//! `barn serve`: the live mirror, until SIGTERM or SIGINT. The start-up and
+//! the clean stop are shared with `barn backfill`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use barn_identity::{Resolver, ResolverConfig};
@@ -9,16 +11,51 @@ use barn_store::{Store, StoreOptions};
 
 use crate::config::Config;
 
+/// A mirror started over the store in the config's data directory.
+pub struct Running {
+    /// The store the mirror writes.
+    pub store: Arc<Store>,
+    /// The mirror, with its host tasks started.
+    pub mirror: Mirror,
+    /// Where the mirror's, the resolver's and the store's metrics are
+    /// registered.
+    pub registry: prometheus::Registry,
+    /// Accounts of the config that could not be tracked, with why.
+    pub untracked: Vec<(String, String)>,
+}
+
 /// Runs the mirror with `config` until a termination signal, then stops
 /// intake, flushes every group commit with its cursor, and returns.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Handlers first: a signal during start-up must not kill the process
+    // with nothing flushed.
+    let mut signals = Signals::new()?;
+    let store = open_store(&config)?;
+    let running = start(&config, store).await?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        hosts = ?config.hosts,
+        accounts = config.accounts.len(),
+        "barn is running"
+    );
+    signals.recv().await;
+    stop(&running).await
+}
+
+/// Opens (or creates) the store under the config's data directory.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<Store>> {
     let store_dir = config.data_dir.join("store");
     std::fs::create_dir_all(&store_dir)
         .with_context(|| format!("creating {}", store_dir.display()))?;
-    let store = Arc::new(
+    Ok(Arc::new(
         Store::open(&store_dir, &StoreOptions::default())
             .with_context(|| format!("opening the store in {}", store_dir.display()))?,
-    );
+    ))
+}
+
+/// Starts the mirror over `store`: the config's whole hosts, every host
+/// the store's repos name, and the config's accounts.
+pub async fn start(config: &Config, store: Arc<Store>) -> anyhow::Result<Running> {
     let resolver = Resolver::new(ResolverConfig {
         plc_url: config.plc_url.clone(),
         allow_http_localhost: config.allow_http_localhost,
@@ -34,40 +71,60 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mirror = Mirror::new(store.clone(), resolver, config.mirror.clone(), metrics);
     mirror.start(&config.hosts).context("starting the mirror")?;
+    let mut untracked = Vec::new();
     for did in &config.accounts {
         match mirror.track_account(did).await {
             Ok(pds) => tracing::info!(%did, %pds, "tracking account"),
             // Not fatal: the other hosts and accounts go on.
             Err(e) => {
-                tracing::error!(%did, error = %e, "cannot track account (does the DID resolve?)")
+                tracing::error!(%did, error = %e, "cannot track account (does the DID resolve?)");
+                untracked.push((did.clone(), e.to_string()));
             }
         }
     }
-    tracing::info!(
-        data_dir = %config.data_dir.display(),
-        hosts = ?config.hosts,
-        accounts = config.accounts.len(),
-        "barn is running"
-    );
+    Ok(Running {
+        store,
+        mirror,
+        registry,
+        untracked,
+    })
+}
 
-    wait_for_signal().await?;
+/// Stops intake, flushes every host's group commit and cursor, and syncs
+/// the store.
+pub async fn stop(running: &Running) -> anyhow::Result<()> {
     tracing::info!("stopping: flushing group commits and cursors");
-    let stopped = tokio::time::timeout(std::time::Duration::from_secs(20), mirror.shutdown()).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(20), running.mirror.shutdown()).await;
     if stopped.is_err() {
         tracing::warn!("host tasks did not stop within 20 s");
     }
-    store.sync().context("final sync")?;
+    running.store.sync().context("final sync")?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, listened to from creation on.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers: from now on these signals no longer end the
+    /// process, they are reported by [`Signals::recv`].
+    pub fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    /// Waits for the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
