@@ -4,7 +4,8 @@
 //! an account that moved in, and a reconcile that found a difference.
 //!
 //! # Tricky bits
-//! - An import writes blocks (unsynced batches, one sync), then the record
+//! - An import writes blocks (ingested into new tables, durable batch by
+//!   batch), then the record
 //!   index changes and the ops in chunks with an undo log, then the
 //!   revision (barn-store's `LargeRevision`); never the repo's state: the
 //!   host task owns that and sets the new head when the import reports
@@ -240,8 +241,8 @@ pub(crate) async fn read_limited(
 pub struct ImportLimits {
     /// Largest CAR accepted, in bytes.
     pub max_bytes: u64,
-    /// Blocks are written to the store (without waiting for the disk) in
-    /// batches of this many bytes.
+    /// Blocks are written to the store (ingested into new tables) in
+    /// batches of this many bytes; two batches may be in memory at once.
     pub spill_bytes: usize,
     /// MST node bytes kept in memory for the walk; past that, nodes are
     /// read back from the store.
@@ -296,7 +297,7 @@ pub struct ImportReport {
     /// Ops of the revision (creates, updates, deletes).
     pub ops: usize,
     /// Time to read, check and spill every block (until the last is
-    /// written, unsynced, and synced).
+    /// durable).
     pub spill_time: std::time::Duration,
     /// Time to check the commit and walk the tree, then write the record
     /// index and the revision.
@@ -308,9 +309,8 @@ struct Spilled {
     commit: Option<Bytes>,
     nodes: BlockMap,
     /// First 16 bytes of the hash of every other block, sorted.
+    /// Past `max_seen_records`, presence is checked in the store.
     seen: Seen,
-    /// `seen` hit its limit: check presence in the store instead.
-    seen_full: bool,
     blocks: u64,
     bytes: u64,
 }
@@ -458,7 +458,6 @@ fn spill(
         commit: None,
         nodes: BlockMap::new(),
         seen: Seen::default(),
-        seen_full: false,
         blocks: 0,
         bytes: 0,
     };
@@ -517,8 +516,6 @@ fn check_blocks(
                 }
             } else if out.seen.hashes.len() < limits.max_seen_records {
                 out.seen.hashes.push(hash_prefix(&cid));
-            } else {
-                out.seen_full = true;
             }
             out.blocks += 1;
             out.bytes += data.len() as u64;
@@ -536,6 +533,16 @@ fn check_blocks(
     // revision written next may refer to them.
     let _ = writer.send(batch);
     Ok(())
+}
+
+/// The op removing a record the tree no longer has.
+fn delete(path: String, old: Cid) -> Op {
+    Op {
+        action: OpAction::Delete,
+        path,
+        cid: None,
+        prev: Some(old),
+    }
 }
 
 /// Checks the commit and the tree, and stores the revision (blocking).
@@ -615,12 +622,7 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
         }
         let path = String::from_utf8_lossy(&key).into_owned();
         while let Some((p, old)) = cur.take_if(|(p, _)| *p < path) {
-            revision.push(Op {
-                action: OpAction::Delete,
-                path: p,
-                cid: None,
-                prev: Some(old),
-            })?;
+            revision.push(delete(p, old))?;
             cur = current.next().transpose()?;
         }
         match cur.take_if(|(p, _)| *p == path) {
@@ -644,12 +646,7 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
         }
     }
     while let Some((p, old)) = cur {
-        revision.push(Op {
-            action: OpAction::Delete,
-            path: p,
-            cid: None,
-            prev: Some(old),
-        })?;
+        revision.push(delete(p, old))?;
         cur = current.next().transpose()?;
     }
     drop(current);

@@ -28,7 +28,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::{ChunkedOps, CommitEntry, Op, OpCounts};
-use crate::store::{Batch, Store, decode, encode, key2, prefix};
+use crate::store::{Batch, Store, decode, encode, key2};
 
 /// Ops per chunk: ~100 bytes each, so ~400 KB values.
 pub const CHUNK_OPS: usize = 4096;
@@ -207,6 +207,8 @@ impl LargeRevision<'_> {
             .flatten()
             .zip(group.iter().flatten().skip(1))
             .all(|(a, b)| a.path < b.path);
+        // A lone chunk (the tail of a small revision) is not worth a table
+        // of its own.
         if in_order && group.len() > 1 {
             // The chunks first, durable, then the index changes they
             // undo: a crash between the two leaves chunks whose undo is a
@@ -219,12 +221,9 @@ impl LargeRevision<'_> {
                 )?;
             }
             ingestion.finish()?;
-            let p = prefix(&self.did);
             let mut ingestion = store.records.start_ingestion()?;
             for op in group.iter().flatten() {
-                let mut key = Vec::with_capacity(p.len() + op.path.len());
-                key.extend_from_slice(&p);
-                key.extend_from_slice(op.path.as_bytes());
+                let key = key2(&self.did, &op.path);
                 match op.cid {
                     Some(cid) => ingestion.write(key, cid.to_bytes())?,
                     None => ingestion.write_tombstone(key)?,
@@ -236,14 +235,11 @@ impl LargeRevision<'_> {
         }
         for chunk in &group {
             let mut wb = store.db.batch().durability(None);
-            let p = prefix(&self.did);
-            let mut rkey = p.clone();
             for op in chunk {
-                rkey.truncate(p.len());
-                rkey.extend_from_slice(op.path.as_bytes());
+                let key = key2(&self.did, &op.path);
                 match op.cid {
-                    Some(cid) => wb.insert(&store.records, rkey.clone(), cid.to_bytes()),
-                    None => wb.remove(&store.records, rkey.clone()),
+                    Some(cid) => wb.insert(&store.records, key, cid.to_bytes()),
+                    None => wb.remove(&store.records, key),
                 }
             }
             wb.insert(

@@ -146,7 +146,7 @@ pub(crate) fn key2(a: &str, b: &str) -> Vec<u8> {
     k
 }
 
-pub(crate) fn prefix(a: &str) -> Vec<u8> {
+fn prefix(a: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + 1);
     k.extend_from_slice(a.as_bytes());
     k.push(SEP);
@@ -264,23 +264,11 @@ impl Store {
     /// returns `Ok`, everything in the batch survives a crash; when it
     /// fails, none of it is visible.
     pub fn write(&self, batch: Batch) -> Result<()> {
-        self.write_with(batch, Some(PersistMode::SyncData))
-    }
-
-    /// Applies `batch` atomically but without waiting for the disk: a crash
-    /// may lose it (whole). For blocks an import spills before anything
-    /// refers to them; [`Store::sync`] or the next [`Store::write`] makes it
-    /// durable.
-    pub fn write_unsynced(&self, batch: Batch) -> Result<()> {
-        self.write_with(batch, None)
-    }
-
-    fn write_with(&self, batch: Batch, durability: Option<PersistMode>) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         self.codec.observe(batch.blocks.values().map(Bytes::as_ref));
-        let mut wb = self.db.batch().durability(durability);
+        let mut wb = self.db.batch().durability(Some(PersistMode::SyncData));
         // A dictionary goes into the same atomic batch as the first values
         // that need it (and into every batch until one of them commits).
         let dict = self.codec.unpersisted();

@@ -27,16 +27,7 @@ async fn backfill_command_gives_up_on_a_failing_repo_and_retries_it_next_run() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("barn.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {data:?}\nplc_url = {host:?}\nhosts = [{host:?}]\nallow_http_localhost = true\n\
-             [mirror]\nresync_retry_ms = 200\n"
-        ),
-    )
-    .unwrap();
+    let (data, config) = common::write_config(dir.path(), &host, true, "resync_retry_ms = 200\n");
     let args = [
         "backfill",
         "--config",
@@ -45,15 +36,13 @@ async fn backfill_command_gives_up_on_a_failing_repo_and_retries_it_next_run() {
         "2",
     ];
 
-    let out = tokio::time::timeout(Duration::from_secs(60), common::barn_command(args).output())
-        .await
-        .expect("barn backfill gives up by itself")
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    eprintln!("first run\n--- stdout\n{stdout}--- stderr\n{stderr}");
+    let (out, stdout, stderr) = common::finished(
+        common::barn_command(args).output(),
+        Duration::from_secs(60),
+        "barn backfill gives up by itself",
+        "first run",
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", out.status);
     assert!(
         stdout.starts_with("backfill done: 5 repos imported, 1 failed, "),
@@ -84,15 +73,13 @@ async fn backfill_command_gives_up_on_a_failing_repo_and_retries_it_next_run() {
     }
 
     fake.set_did_doc(bad.did(), bad.did_doc(&host));
-    let out = tokio::time::timeout(Duration::from_secs(60), common::barn_command(args).output())
-        .await
-        .expect("barn backfill exits by itself")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "second run\n--- stdout\n{stdout}--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, stdout, _) = common::finished(
+        common::barn_command(args).output(),
+        Duration::from_secs(60),
+        "barn backfill exits by itself",
+        "second run",
+    )
+    .await;
     assert!(out.status.success(), "{}", out.status);
     assert!(
         stdout.starts_with("backfill done: 1 repos imported, 0 failed, "),

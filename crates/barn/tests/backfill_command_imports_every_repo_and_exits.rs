@@ -12,31 +12,33 @@
 
 mod common;
 
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use barn_store::{Store, StoreOptions, SyncState};
 
 const ACCOUNTS: u64 = 60;
 
-async fn run_backfill(config: &std::path::Path, host: &str, within: Duration) -> Output {
-    let cmd = common::barn_command([
+/// `barn backfill --config <config> --host <host>`, to its end.
+async fn run_backfill(
+    config: &std::path::Path,
+    host: &str,
+    within: Duration,
+    label: &str,
+) -> (std::process::Output, String, String) {
+    let args = [
         "backfill",
         "--config",
         config.to_str().unwrap(),
         "--host",
         host,
-    ])
-    .spawn()
-    .unwrap();
-    tokio::time::timeout(within, cmd.wait_with_output())
-        .await
-        .expect("barn backfill exits by itself")
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    ];
+    common::finished(
+        common::barn_command(args).output(),
+        within,
+        "barn backfill exits by itself",
+        label,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,25 +50,11 @@ async fn backfill_command_imports_every_repo_and_exits() {
     fake.set_get_repo_delay(Duration::from_millis(150));
 
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("barn.toml");
     // The host comes as a flag; the rest from the file.
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {data:?}\nplc_url = {host:?}\nallow_http_localhost = true\n\
-             [mirror]\nlist_page = 10\nlist_queue_max = 4\nmax_imports = 2\nmax_imports_per_host = 2\nresync_retry_ms = 200\n"
-        ),
-    )
-    .unwrap();
+    let (data, config) = common::write_config(dir.path(), &host, false, common::SMALL_STEPS);
 
-    let started = Instant::now();
-    let out = run_backfill(&config, &host, Duration::from_secs(120)).await;
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    eprintln!(
-        "first run: {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
-        started.elapsed()
-    );
+    let (out, stdout, stderr) =
+        run_backfill(&config, &host, Duration::from_secs(120), "first run").await;
     assert!(out.status.success(), "{}", out.status);
 
     // The summary names every repo, nothing failed.
@@ -129,14 +117,8 @@ async fn backfill_command_imports_every_repo_and_exits() {
     }
 
     // Again: nothing left to do.
-    let started = Instant::now();
-    let out = run_backfill(&config, &host, Duration::from_secs(30)).await;
-    let stdout = text(&out.stdout);
-    eprintln!(
-        "second run: {:?}\n--- stdout\n{stdout}--- stderr\n{}",
-        started.elapsed(),
-        text(&out.stderr)
-    );
+    let (out, stdout, _) =
+        run_backfill(&config, &host, Duration::from_secs(30), "second run").await;
     assert!(out.status.success(), "{}", out.status);
     assert!(
         stdout.starts_with("backfill done: 0 repos imported, 0 failed, "),

@@ -20,16 +20,7 @@ async fn backfill_command_stops_on_sigint_and_resumes() {
     fake.set_get_repo_delay(Duration::from_millis(250));
 
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("barn.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {data:?}\nplc_url = {host:?}\nhosts = [{host:?}]\nallow_http_localhost = true\n\
-             [mirror]\nlist_page = 10\nlist_queue_max = 4\nmax_imports = 2\nmax_imports_per_host = 2\nresync_retry_ms = 200\n"
-        ),
-    )
-    .unwrap();
+    let (data, config) = common::write_config(dir.path(), &host, true, common::SMALL_STEPS);
     let args = ["backfill", "--config", config.to_str().unwrap()];
 
     let child = common::barn_command(args).spawn().unwrap();
@@ -43,15 +34,13 @@ async fn backfill_command_stops_on_sigint_and_resumes() {
         rustix::process::Signal::INT,
     )
     .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("barn backfill stops within 30 s of SIGINT")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "interrupted run\n--- stdout\n{stdout}--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, stdout, _) = common::finished(
+        child.wait_with_output(),
+        Duration::from_secs(30),
+        "barn backfill stops within 30 s of SIGINT",
+        "interrupted run",
+    )
+    .await;
     assert!(out.status.success(), "{}", out.status);
     assert!(stdout.starts_with("backfill interrupted: "), "{stdout}");
 
@@ -78,18 +67,13 @@ async fn backfill_command_stops_on_sigint_and_resumes() {
         .map(|a| fake.get_repo_count(a.did()))
         .collect();
 
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
+    let (out, stdout, _) = common::finished(
         common::barn_command(args).output(),
+        Duration::from_secs(120),
+        "barn backfill exits by itself",
+        "resumed run",
     )
-    .await
-    .expect("barn backfill exits by itself")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!(
-        "resumed run\n--- stdout\n{stdout}--- stderr\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .await;
     assert!(out.status.success(), "{}", out.status);
     let left = ACCOUNTS - stored.len() as u64;
     assert!(

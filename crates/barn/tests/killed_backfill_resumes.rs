@@ -64,17 +64,8 @@ async fn a_backfill_killed_half_way_resumes_without_refetching() {
     fake.set_get_repo_delay(Duration::from_millis(300));
 
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let log = dir.path().join("barn.log");
-    let config = dir.path().join("barn.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {data:?}\nplc_url = {host:?}\nhosts = [{host:?}]\nallow_http_localhost = true\n\
-             [mirror]\nlist_page = 10\nlist_queue_max = 4\nmax_imports = 2\nmax_imports_per_host = 2\nresync_retry_ms = 200\n"
-        ),
-    )
-    .unwrap();
+    let (data, config) = common::write_config(dir.path(), &host, true, common::SMALL_STEPS);
 
     let mut child = barn(&config, &log);
     wait_for("20 getRepo", Duration::from_secs(60), || {

@@ -1,5 +1,5 @@
 //! Shared by the tests that run the `barn` binary.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -74,4 +74,63 @@ where
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     cmd
+}
+
+/// `[mirror]` settings that make a backfill take many small steps: pages
+/// of 10, at most 4 imports queued and 2 running, failed imports retried
+/// after 200 ms.
+pub const SMALL_STEPS: &str = "list_page = 10\nlist_queue_max = 4\nmax_imports = 2\n\
+                               max_imports_per_host = 2\nresync_retry_ms = 200\n";
+
+/// Writes `dir/barn.toml` for the fake PDS at `host` (its PLC too), data
+/// in `dir/data`, `host` tracked whole when `with_host`, and `mirror` as
+/// the `[mirror]` table. Returns (data dir, config file).
+pub fn write_config(
+    dir: &Path,
+    host: &str,
+    with_host: bool,
+    mirror: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = dir.join("data");
+    let config = dir.join("barn.toml");
+    let hosts = if with_host {
+        format!("hosts = [{host:?}]\n")
+    } else {
+        String::new()
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\nplc_url = {host:?}\n{hosts}allow_http_localhost = true\n\
+             [mirror]\n{mirror}"
+        ),
+    )
+    .unwrap();
+    (data, config)
+}
+
+/// Waits up to `within` for a barn run to end (panicking with `what`
+/// otherwise), prints its time and output under `label`, and returns the
+/// output with stdout and stderr as text.
+pub async fn finished<F>(
+    run: F,
+    within: std::time::Duration,
+    what: &str,
+    label: &str,
+) -> (std::process::Output, String, String)
+where
+    F: std::future::Future<Output = std::io::Result<std::process::Output>>,
+{
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(within, run)
+        .await
+        .expect(what)
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!(
+        "{label}: {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        started.elapsed()
+    );
+    (out, stdout, stderr)
 }
