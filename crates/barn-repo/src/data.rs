@@ -210,6 +210,22 @@ pub fn find_blobs(value: &Value) -> Vec<BlobRef> {
     out
 }
 
+/// The blob references of one record, from its DAG-CBOR bytes. Records
+/// without any are recognised without decoding: a current-form ref has the
+/// text `blob` (the `$type` value) and a legacy one the key `mimeType`, so
+/// bytes with neither cannot hold one. Most records (likes, follows) take
+/// this path.
+pub fn record_blobs(bytes: &[u8]) -> Result<Vec<BlobRef>> {
+    const BLOB_TEXT: &[u8] = b"\x64blob";
+    const MIME_KEY: &[u8] = b"\x68mimeType";
+    if memchr::memmem::find(bytes, BLOB_TEXT).is_none()
+        && memchr::memmem::find(bytes, MIME_KEY).is_none()
+    {
+        return Ok(Vec::new());
+    }
+    Ok(find_blobs(&decode(bytes)?))
+}
+
 fn collect_blobs(value: &Value, out: &mut Vec<BlobRef>) {
     match value {
         Value::Map(m) => {
@@ -252,6 +268,46 @@ fn collect_blobs(value: &Value, out: &mut Vec<BlobRef>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn record_blobs_finds_both_forms_and_skips_records_without_any() {
+        let img = crate::cid_for_raw(b"image");
+        let old = crate::cid_for_raw(b"legacy");
+        let post = record_from_json(&json!({
+            "$type": "app.bsky.feed.post",
+            "text": "a blob and a mimeType, in words only",
+            "embed": {"images": [{"image": {"$type": "blob", "ref": {"$link": img.to_string()},
+                "mimeType": "image/png", "size": 5}}]},
+            "avatar": {"cid": old.to_string(), "mimeType": "image/jpeg"},
+        }))
+        .unwrap();
+        let bytes = encode(&post).unwrap();
+        let mut found = record_blobs(&bytes).unwrap();
+        found.sort_by_key(|b| b.cid);
+        let mut want = vec![
+            BlobRef {
+                cid: img,
+                mime_type: Some("image/png".into()),
+                size: Some(5),
+            },
+            BlobRef {
+                cid: old,
+                mime_type: Some("image/jpeg".into()),
+                size: None,
+            },
+        ];
+        want.sort_by_key(|b| b.cid);
+        assert_eq!(found, want);
+
+        // Text that merely mentions the words is not a ref.
+        let like = encode(
+            &record_from_json(&json!({"$type": "x.y.z", "blob": "blob", "mimeType": 1})).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(record_blobs(&like).unwrap(), vec![]);
+        // Bad bytes that pass the prefilter are an error, not a panic.
+        assert!(record_blobs(b"\xa1\x64blob").is_err());
+    }
 
     #[test]
     fn integral_float_is_an_integer_and_real_float_is_rejected() {

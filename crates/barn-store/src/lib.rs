@@ -10,11 +10,15 @@
 //! | `hosts` | host URL | [`HostState`]: cursor, last event time, `listRepos` pass |
 //! | `events` | barn seq (u64 BE) | (DID, rev): global order of stored revisions |
 //! | `ops` | DID ‖ 0 ‖ rev ‖ 0 ‖ chunk (u32 BE) | ops of a revision too large to inline (an import), in chunks of 4096 |
+//! | `blobs` | CID | [`BlobState`]: queued / stored / missing, account to fetch through, attempts, reason |
+//! | `blob_refs` | DID ‖ 0 ‖ CID | first seen (ms): blobs an account's records referenced, ever |
+//! | `blob_queue` | due ms (u64 BE) ‖ CID | (empty): the fetch queue, one entry per queued or missing blob |
 //! | `meta` | `format`; `dict` ‖ id; `pending` ‖ DID | store format (1); zstd dictionaries of block values; an import changing the record index (rev) |
 //!
 //! Writes go through [`Batch`] and [`Store::write`]: atomic and durable
 //! (one fsync per batch). See the `store` module for the rules.
 
+mod blobs;
 mod codec;
 mod error;
 pub mod metrics;
@@ -22,6 +26,7 @@ mod model;
 mod revision;
 mod store;
 
+pub use blobs::{BlobCounts, BlobHint, BlobOutcome, BlobState, BlobStatus, DueBlob};
 pub use codec::{BlockCodec, DictionarySource};
 pub use error::{Error, Result};
 pub use model::{

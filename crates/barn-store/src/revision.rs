@@ -76,6 +76,8 @@ pub struct LargeRevision<'s> {
     /// The pending mark is on disk (so there may be something to undo).
     marked: bool,
     done: bool,
+    /// Blobs the revision's records reference, written with its entry.
+    blob_refs: Vec<(cid::Cid, crate::BlobHint)>,
 }
 
 impl Store {
@@ -93,6 +95,7 @@ impl Store {
             counts: OpCounts::default(),
             marked: false,
             done: false,
+            blob_refs: Vec::new(),
         }
     }
 
@@ -273,8 +276,18 @@ impl LargeRevision<'_> {
         }
     }
 
+    /// Notes that the revision's records reference blob `cid`: the ref and
+    /// its queue entry are written with the revision's entry (see
+    /// [`Batch::add_blob_ref`]).
+    pub fn add_blob_ref(&mut self, cid: cid::Cid, hint: crate::BlobHint) {
+        self.blob_refs.push((cid, hint));
+    }
+
     fn commit_inner(&mut self, mut entry: CommitEntry) -> Result<()> {
         let mut batch = Batch::new();
+        for (cid, hint) in self.blob_refs.drain(..) {
+            batch.add_blob_ref(&self.did, cid, hint);
+        }
         if self.chunks == 0 && self.group.is_empty() {
             // Nothing written yet: an ordinary revision.
             for op in &self.chunk {

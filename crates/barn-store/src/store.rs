@@ -109,6 +109,12 @@ pub struct Store {
     hosts: Keyspace,
     events: Keyspace,
     pub(crate) ops: Keyspace,
+    pub(crate) blobs: Keyspace,
+    pub(crate) blob_refs: Keyspace,
+    pub(crate) blob_queue: Keyspace,
+    /// Serializes every read-modify-write of blob states and queue entries
+    /// (see the `blobs` module).
+    pub(crate) blob_lock: std::sync::Mutex<()>,
     next_event: AtomicU64,
 }
 
@@ -250,6 +256,10 @@ impl Store {
             hosts: ks("hosts")?,
             events,
             ops: ks("ops")?,
+            blobs: ks("blobs")?,
+            blob_refs: ks("blob_refs")?,
+            blob_queue: ks("blob_queue")?,
+            blob_lock: std::sync::Mutex::new(()),
             next_event: AtomicU64::new(next_event),
             db,
         })
@@ -303,6 +313,15 @@ impl Store {
         for key in &batch.meta_remove {
             wb.remove(&self.meta, key.as_slice());
         }
+        // Blob refs read the states they change: the lock is held until the
+        // batch is committed (only by batches that carry refs).
+        let _blob_guard = if batch.blob_refs.is_empty() {
+            None
+        } else {
+            let guard = self.blob_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.stage_blob_refs(&batch, &mut wb)?;
+            Some(guard)
+        };
         wb.commit()?;
         if let Some(d) = &dict {
             self.codec.persisted(d);
@@ -583,8 +602,11 @@ impl Store {
         Ok(out)
     }
 
-    fn keyspaces(&self) -> [(&'static str, &Keyspace); 8] {
+    fn keyspaces(&self) -> [(&'static str, &Keyspace); 11] {
         [
+            ("blobs", &self.blobs),
+            ("blob_refs", &self.blob_refs),
+            ("blob_queue", &self.blob_queue),
             ("ops", &self.ops),
             ("blocks", &self.blocks),
             ("commits", &self.commits),
@@ -658,6 +680,8 @@ pub struct Batch {
     pub(crate) hosts: BTreeMap<String, HostState>,
     /// `meta` keys to remove (pending marks of large revisions).
     pub(crate) meta_remove: Vec<Vec<u8>>,
+    /// Blobs referenced by the batch's records (see the `blobs` module).
+    pub(crate) blob_refs: BTreeMap<(String, Cid), crate::blobs::BlobHint>,
 }
 
 impl Batch {
@@ -674,6 +698,7 @@ impl Batch {
             && self.repos.is_empty()
             && self.hosts.is_empty()
             && self.meta_remove.is_empty()
+            && self.blob_refs.is_empty()
     }
 
     /// Stores a block (content-addressed; the caller has verified its hash).
