@@ -160,6 +160,12 @@ async fn fetch_and_store(
         ..ImportLimits::default()
     };
     let report = import_car(inner.store.clone(), request, reader, limits).await?;
+    if report.unreadable_records > 0 {
+        // Each was logged as it streamed by.
+        inner
+            .metrics
+            .unreadable_records(pds, report.unreadable_records);
+    }
     Ok(Outcome::Stored {
         label: report.label,
         head: report.head,
@@ -296,6 +302,8 @@ pub struct ImportReport {
     pub records: u64,
     /// Ops of the revision (creates, updates, deletes).
     pub ops: usize,
+    /// Records whose blob refs could not be read (stored as they are).
+    pub unreadable_records: u64,
     /// Time to read, check and spill every block (until the last is
     /// durable).
     pub spill_time: std::time::Duration,
@@ -313,6 +321,12 @@ struct Spilled {
     seen: Seen,
     blocks: u64,
     bytes: u64,
+    /// Blob refs of the records streamed by. A block the tree does not
+    /// name contributes too: the refs only ever make barn try to fetch a
+    /// blob through this account, which at worst records it missing.
+    blob_refs: Vec<barn_repo::data::BlobRef>,
+    /// Records whose blob refs could not be read (stored as they are).
+    unreadable: u64,
 }
 
 /// Imports a repository CAR read from `reader`: every block hash-checked
@@ -460,6 +474,8 @@ fn spill(
         seen: Seen::default(),
         blocks: 0,
         bytes: 0,
+        blob_refs: Vec::new(),
+        unreadable: 0,
     };
     // Blocks are written on a thread of their own, one batch in flight,
     // so that checking the next batch overlaps writing this one.
@@ -514,8 +530,17 @@ fn check_blocks(
                     node_bytes += data.len();
                     out.nodes.insert(cid, data.clone());
                 }
-            } else if out.seen.hashes.len() < limits.max_seen_records {
-                out.seen.hashes.push(hash_prefix(&cid));
+            } else {
+                if out.seen.hashes.len() < limits.max_seen_records {
+                    out.seen.hashes.push(hash_prefix(&cid));
+                }
+                match barn_repo::data::record_blobs(&data) {
+                    Ok(refs) => out.blob_refs.extend(refs),
+                    Err(e) => {
+                        out.unreadable += 1;
+                        tracing::warn!(%cid, error = %e, "record stored, but its blob refs are unreadable");
+                    }
+                }
             }
             out.blocks += 1;
             out.bytes += data.len() as u64;
@@ -578,6 +603,7 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
         bytes: spilled.bytes,
         records,
         ops,
+        unreadable_records: spilled.unreadable,
         spill_time: Default::default(),
         finish_time: Default::default(),
     };
@@ -650,6 +676,9 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
         cur = current.next().transpose()?;
     }
     drop(current);
+    for r in &spilled.blob_refs {
+        revision.add_blob_ref(r.cid, crate::mirror::blob_hint(r));
+    }
     let n_ops = revision.counts().total() as usize;
     revision.commit(CommitEntry {
         rev: head.rev.clone(),

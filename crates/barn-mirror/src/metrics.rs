@@ -19,6 +19,7 @@ pub struct Metrics {
     import_fetches: IntCounterVec,
     list_failures: IntCounterVec,
     list_rejected: IntCounterVec,
+    unreadable_records: IntCounterVec,
     group_commit_revisions: Histogram,
     group_commit_seconds: Histogram,
     durable_latency_seconds: HistogramVec,
@@ -100,6 +101,11 @@ impl Metrics {
                     0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
                 ]),
             )?,
+            unreadable_records: counter(
+                "barn_mirror_unreadable_records_total",
+                "Records stored as they are whose blob refs could not be read (not DAG-CBOR), by host",
+                &["host"],
+            )?,
             group_commit_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "barn_mirror_group_commit_seconds",
@@ -142,6 +148,7 @@ impl Metrics {
         registry.register(Box::new(self.import_fetches.clone()))?;
         registry.register(Box::new(self.list_failures.clone()))?;
         registry.register(Box::new(self.list_rejected.clone()))?;
+        registry.register(Box::new(self.unreadable_records.clone()))?;
         registry.register(Box::new(self.group_commit_revisions.clone()))?;
         registry.register(Box::new(self.group_commit_seconds.clone()))?;
         registry.register(Box::new(self.durable_latency_seconds.clone()))?;
@@ -184,6 +191,9 @@ impl Metrics {
     }
     pub(crate) fn host_failed(&self, host: &str, reason: &str) {
         self.host_failures.with_label_values(&[host, reason]).inc();
+    }
+    pub(crate) fn unreadable_records(&self, host: &str, n: u64) {
+        self.unreadable_records.with_label_values(&[host]).inc_by(n);
     }
     pub(crate) fn group_commit(&self, revisions: usize, took: Duration) {
         self.group_commit_revisions.observe(revisions as f64);

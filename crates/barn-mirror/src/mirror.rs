@@ -177,6 +177,14 @@ pub fn normalize_host(url: &str) -> String {
     url.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
+/// What a record declares about a blob it references, for the store.
+pub(crate) fn blob_hint(r: &barn_repo::data::BlobRef) -> barn_store::BlobHint {
+    barn_store::BlobHint {
+        mime: r.mime_type.clone(),
+        size: r.size.and_then(|s| u64::try_from(s).ok()),
+    }
+}
+
 /// A group commit became durable.
 #[derive(Debug, Clone)]
 pub struct Durable {
@@ -1261,6 +1269,18 @@ impl HostTask {
         }
         for op in &input.ops {
             self.pending.batch.set_record(&did, &op.path, op.cid);
+        }
+        // Queued with the commit, in the same batch: see barn-store's blobs.
+        for r in &verified.blob_refs {
+            self.pending.batch.add_blob_ref(&did, r.cid, blob_hint(r));
+        }
+        if !verified.unreadable.is_empty() {
+            for (cid, error) in &verified.unreadable {
+                tracing::warn!(%did, %cid, %error, "record stored, but its blob refs are unreadable");
+            }
+            self.inner
+                .metrics
+                .unreadable_records(&self.host, verified.unreadable.len() as u64);
         }
         self.pending.batch.put_revision(
             &did,

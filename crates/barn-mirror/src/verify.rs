@@ -101,6 +101,11 @@ pub struct Verified {
     pub blocks: BlockMap,
     /// The MST root the ops invert to: what `prevData` must be.
     pub inverted: Cid,
+    /// Blobs referenced by the records the commit creates or updates.
+    pub blob_refs: Vec<barn_repo::data::BlobRef>,
+    /// Records (stored as they are) whose blob refs could not be read,
+    /// with why.
+    pub unreadable: Vec<(Cid, String)>,
 }
 
 /// What to do with a commit that failed.
@@ -268,11 +273,37 @@ pub fn prepare_commit(
     let ops: Vec<RecordOp> = input.ops.iter().map(RecordOp::from).collect();
     let inverted = invert_ops(&blocks, &commit.data, &ops)
         .map_err(|e| reject("inversion_failed", Desync, e.to_string()))?;
+    let (blob_refs, unreadable) =
+        record_blob_refs(&blocks, input.ops.iter().filter_map(|op| op.cid));
     Ok(Verified {
         commit,
         blocks,
         inverted,
+        blob_refs,
+        unreadable,
     })
+}
+
+/// The blob refs of the records `cids` (those in `blocks`). A record that
+/// is not valid DAG-CBOR is still the repo's content and is stored; only
+/// its blobs cannot be known: those come back in the second list, for the
+/// caller to log and count.
+pub(crate) fn record_blob_refs(
+    blocks: &BlockMap,
+    cids: impl Iterator<Item = Cid>,
+) -> (Vec<barn_repo::data::BlobRef>, Vec<(Cid, String)>) {
+    let mut out = Vec::new();
+    let mut unreadable = Vec::new();
+    for cid in cids {
+        let Some(bytes) = blocks.get(&cid) else {
+            continue;
+        };
+        match barn_repo::data::record_blobs(bytes) {
+            Ok(refs) => out.extend(refs),
+            Err(e) => unreadable.push((cid, e.to_string())),
+        }
+    }
+    (out, unreadable)
 }
 
 /// The checks against barn's head, for a commit [`prepare_commit`] passed:
