@@ -1,0 +1,203 @@
+//! Where blob bytes live: an [`object_store`] (a local directory by
+//! default, S3 or any S3-compatible server at scale), under a
+//! content-addressed key.
+//!
+//! Keys are `blobs/<h0>/<h1>/<cid>`, where `h0`, `h1` are the first two
+//! bytes of the sha-256 digest in hex: a directory never holds more than
+//! 1/65536th of the blobs, which local filesystems need and S3 does not
+//! mind.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cid::Cid;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, RetryConfig};
+
+use crate::error::{Error, Result};
+
+/// Bytes a writer keeps in memory before it switches to a multipart
+/// upload: blobs larger than this are streamed through in parts.
+const WRITE_BUFFER: usize = 8 << 20;
+
+/// Where to keep blobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// A local directory (created if missing). No server needed.
+    Local {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// An S3 bucket, on AWS or any S3-compatible server.
+    S3 {
+        /// Endpoint URL for S3-compatible servers (`http://127.0.0.1:9000`);
+        /// `None` for AWS.
+        endpoint: Option<String>,
+        /// The bucket (must exist).
+        bucket: String,
+        /// Region (`us-east-1` for most S3-compatible servers).
+        region: String,
+        /// Access key id; `None` to take it from the environment
+        /// (`AWS_ACCESS_KEY_ID`, …).
+        access_key_id: Option<String>,
+        /// Secret access key; `None` to take it from the environment.
+        secret_access_key: Option<String>,
+        /// Allow a plain-HTTP endpoint.
+        allow_http: bool,
+    },
+}
+
+/// A blob read back.
+pub struct StoredBlob {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its bytes, streamed.
+    pub stream: BoxStream<'static, Result<Bytes>>,
+}
+
+impl std::fmt::Debug for StoredBlob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredBlob")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The blob object store. Cheap to clone.
+#[derive(Clone)]
+pub struct BlobStorage {
+    store: Arc<dyn ObjectStore>,
+    /// Local directories cannot keep a content type; S3 keeps it.
+    keeps_attributes: bool,
+    describe: String,
+}
+
+impl std::fmt::Debug for BlobStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe)
+    }
+}
+
+impl BlobStorage {
+    /// Opens the storage `config` names.
+    pub fn open(config: &StorageConfig) -> Result<BlobStorage> {
+        match config {
+            StorageConfig::Local { dir } => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::Config(format!("creating blob directory {}: {e}", dir.display()))
+                })?;
+                let fs = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
+                Ok(BlobStorage {
+                    store: Arc::new(fs),
+                    keeps_attributes: false,
+                    describe: format!("local directory {}", dir.display()),
+                })
+            }
+            StorageConfig::S3 {
+                endpoint,
+                bucket,
+                region,
+                access_key_id,
+                secret_access_key,
+                allow_http,
+            } => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(region)
+                    .with_allow_http(*allow_http)
+                    // barn retries a blob on its own schedule; the client
+                    // must not hide an outage behind minutes of retries.
+                    .with_retry(RetryConfig {
+                        max_retries: 2,
+                        retry_timeout: Duration::from_secs(10),
+                        ..RetryConfig::default()
+                    });
+                if let Some(e) = endpoint {
+                    b = b.with_endpoint(e);
+                }
+                if let Some(k) = access_key_id {
+                    b = b.with_access_key_id(k);
+                }
+                if let Some(s) = secret_access_key {
+                    b = b.with_secret_access_key(s);
+                }
+                let s3 = b.build()?;
+                Ok(BlobStorage {
+                    store: Arc::new(s3),
+                    keeps_attributes: true,
+                    describe: format!(
+                        "s3 bucket {bucket} at {}",
+                        endpoint.as_deref().unwrap_or("AWS")
+                    ),
+                })
+            }
+        }
+    }
+
+    /// The object key of blob `cid`.
+    pub fn key(cid: &Cid) -> Path {
+        let d = cid.hash().digest();
+        let (a, b) = (
+            d.first().copied().unwrap_or(0),
+            d.get(1).copied().unwrap_or(0),
+        );
+        Path::from(format!("blobs/{a:02x}/{b:02x}/{cid}"))
+    }
+
+    /// A writer for blob `cid`: nothing is visible under its key until
+    /// `shutdown` succeeds, and `abort` leaves nothing behind.
+    pub(crate) fn writer(&self, cid: &Cid, mime: Option<&str>) -> BufWriter {
+        let w = BufWriter::with_capacity(self.store.clone(), Self::key(cid), WRITE_BUFFER);
+        match mime {
+            Some(m) if self.keeps_attributes => {
+                let mut attrs = Attributes::new();
+                attrs.insert(Attribute::ContentType, m.to_owned().into());
+                w.with_attributes(attrs)
+            }
+            _ => w,
+        }
+    }
+
+    /// Blob `cid`'s size, if stored.
+    pub async fn size(&self, cid: &Cid) -> Result<Option<u64>> {
+        match self.store.head(&Self::key(cid)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Blob `cid`, streamed, if stored.
+    pub async fn get(&self, cid: &Cid) -> Result<Option<StoredBlob>> {
+        match self.store.get(&Self::key(cid)).await {
+            Ok(r) => Ok(Some(StoredBlob {
+                size: r.meta.size,
+                stream: r.into_stream().map(|c| c.map_err(Error::from)).boxed(),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Blob `cid`, whole, if stored (for tools and tests: small blobs).
+    pub async fn read(&self, cid: &Cid) -> Result<Option<Bytes>> {
+        match self.store.get(&Self::key(cid)).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for BlobStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe)
+    }
+}
