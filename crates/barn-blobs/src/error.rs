@@ -17,6 +17,9 @@ pub enum Error {
     /// The storage configuration is unusable.
     #[error("blob storage config: {0}")]
     Config(String),
+    /// The dispatcher task failed.
+    #[error("{0}")]
+    Task(String),
     /// Building the HTTP client failed.
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
@@ -30,6 +33,7 @@ impl Error {
             Error::ObjectStore(_) => "object_store",
             Error::Config(_) => "config",
             Error::Http(_) => "http",
+            Error::Task(_) => "task",
         }
     }
 }

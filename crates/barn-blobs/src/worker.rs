@@ -159,7 +159,7 @@ pub struct BlobWorkers {
     /// `Some(grace)` once stopping.
     stop: watch::Sender<Option<Duration>>,
     wake: Arc<Notify>,
-    task: JoinHandle<Result<()>>,
+    task: std::sync::Mutex<Option<JoinHandle<Result<()>>>>,
 }
 
 type Done = (DueBlob, Instant, std::result::Result<Fetched, Failure>);
@@ -210,7 +210,11 @@ impl BlobWorkers {
             store_failures: 0,
         };
         let task = tokio::spawn(d.run(stopped, wake.clone()));
-        Ok(BlobWorkers { stop, wake, task })
+        Ok(BlobWorkers {
+            stop,
+            wake,
+            task: std::sync::Mutex::new(Some(task)),
+        })
     }
 
     /// Looks at the queue now (new refs were written).
@@ -219,12 +223,17 @@ impl BlobWorkers {
     }
 
     /// Stops dispatching, lets fetches under way finish for up to
-    /// `grace`, and drops the rest (they stay queued).
-    pub async fn stop(self, grace: Duration) -> Result<()> {
+    /// `grace`, and drops the rest (they stay queued). Later calls
+    /// return at once.
+    pub async fn stop(&self, grace: Duration) -> Result<()> {
         let _ = self.stop.send(Some(grace));
-        match self.task.await {
-            Ok(r) => r,
-            Err(e) => Err(Error::Config(format!("blob dispatcher panicked: {e}"))),
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match task {
+            Some(task) => match task.await {
+                Ok(r) => r,
+                Err(e) => Err(Error::Task(format!("blob dispatcher: {e}"))),
+            },
+            None => Ok(()),
         }
     }
 }

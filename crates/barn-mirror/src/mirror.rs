@@ -1098,6 +1098,8 @@ impl HostTask {
         self.inner.metrics.moved(&self.host);
         state.host = pds.clone();
         self.pending.set_repo(did, state);
+        // Blobs the old host no longer gives are asked of the new one.
+        self.pending.batch.retry_blobs_of(did);
         self.pending.moves.push((did.to_owned(), pds));
     }
 
@@ -1457,6 +1459,10 @@ impl HostTask {
             return Ok(());
         }
         let mut state = state;
+        if ev.active && !state.active {
+            // Back: blobs it could not give while inactive, now.
+            self.pending.batch.retry_blobs_of(&did);
+        }
         state.active = ev.active;
         state.status = if ev.active { None } else { ev.status.clone() };
         self.pending.set_repo(&did, state);

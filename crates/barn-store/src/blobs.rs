@@ -167,6 +167,12 @@ impl Batch {
         self.blob_refs.entry((did.to_owned(), cid)).or_insert(hint);
     }
 
+    /// Tries `did`'s waiting (queued or missing) blobs now: the account
+    /// came back, or moved to a host that may have them.
+    pub fn retry_blobs_of(&mut self, did: &str) {
+        self.blob_retry.insert(did.to_owned());
+    }
+
     /// Blob refs in the batch.
     pub fn blob_refs(&self) -> usize {
         self.blob_refs.len()
@@ -221,6 +227,29 @@ impl Store {
             }
             wb.insert(&self.blobs, cid.to_bytes(), encode(&next));
             staged.insert(*cid, next);
+        }
+        for did in &batch.blob_retry {
+            for cid in self.blob_refs_of(did)? {
+                let Some(mut s) = staged
+                    .remove(&cid)
+                    .map(Ok)
+                    .or_else(|| self.blob(&cid).transpose())
+                    .transpose()?
+                else {
+                    continue;
+                };
+                match s.due_ms {
+                    Some(due) if due > now => {
+                        wb.remove(&self.blob_queue, queue_key(due, &cid));
+                        wb.insert(&self.blob_queue, queue_key(now, &cid), []);
+                        s.due_ms = Some(now);
+                        s.did = did.clone();
+                        wb.insert(&self.blobs, cid.to_bytes(), encode(&s));
+                    }
+                    _ => {}
+                }
+                staged.insert(cid, s);
+            }
         }
         Ok(())
     }
@@ -568,6 +597,34 @@ mod tests {
             .unwrap();
         assert_eq!(s.status, BlobStatus::Stored);
         assert!(due(&store).is_empty());
+    }
+
+    #[test]
+    fn an_account_coming_back_has_its_missing_blobs_tried_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let a = cid_for_raw(b"a");
+        let b = cid_for_raw(b"b");
+        refs(&store, &[(ALICE, a), (BOB, b)]);
+        for cid in [a, b] {
+            store
+                .settle_blob(
+                    &cid,
+                    BlobOutcome::Failed {
+                        status: BlobStatus::Missing,
+                        reason: "account_deactivated".into(),
+                        detail: String::new(),
+                        retry_at_ms: now_ms() + 3_600_000,
+                    },
+                )
+                .unwrap();
+        }
+        let mut batch = Batch::new();
+        batch.retry_blobs_of(ALICE);
+        store.write(batch).unwrap();
+        let d = store.due_blobs(now_ms(), 10, &|_| false).unwrap();
+        assert_eq!(d.iter().map(|d| d.cid).collect::<Vec<_>>(), vec![a]);
+        assert_eq!(due(&store).len(), 2, "moved, not copied");
     }
 
     #[test]

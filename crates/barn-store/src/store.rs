@@ -315,7 +315,7 @@ impl Store {
         }
         // Blob refs read the states they change: the lock is held until the
         // batch is committed (only by batches that carry refs).
-        let _blob_guard = if batch.blob_refs.is_empty() {
+        let _blob_guard = if batch.blob_refs.is_empty() && batch.blob_retry.is_empty() {
             None
         } else {
             let guard = self.blob_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -682,6 +682,8 @@ pub struct Batch {
     pub(crate) meta_remove: Vec<Vec<u8>>,
     /// Blobs referenced by the batch's records (see the `blobs` module).
     pub(crate) blob_refs: BTreeMap<(String, Cid), crate::blobs::BlobHint>,
+    /// Accounts whose waiting blobs are to be tried now.
+    pub(crate) blob_retry: BTreeSet<String>,
 }
 
 impl Batch {
@@ -699,6 +701,7 @@ impl Batch {
             && self.hosts.is_empty()
             && self.meta_remove.is_empty()
             && self.blob_refs.is_empty()
+            && self.blob_retry.is_empty()
     }
 
     /// Stores a block (content-addressed; the caller has verified its hash).

@@ -24,6 +24,52 @@ pub struct RawConfig {
     pub allow_http_localhost: Option<bool>,
     /// Mirror tuning.
     pub mirror: Option<RawMirror>,
+    /// Blob fetching and storage.
+    pub blobs: Option<RawBlobs>,
+}
+
+/// `[blobs]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBlobs {
+    /// Fetch blobs at all.
+    pub enabled: Option<bool>,
+    /// `local` (default) or `s3`.
+    pub storage: Option<String>,
+    /// The local directory (`<data_dir>/blobs` by default).
+    pub dir: Option<PathBuf>,
+    /// Largest blob fetched, in bytes.
+    pub max_blob_bytes: Option<u64>,
+    /// Fetches at once, all hosts together.
+    pub concurrency: Option<usize>,
+    /// Fetches at once from one host.
+    pub per_host: Option<usize>,
+    /// Queue polling interval when idle, ms.
+    pub poll_ms: Option<u64>,
+    /// First retry after a server or network error, ms (doubles).
+    pub retry_transient_first_ms: Option<u64>,
+    /// First retry of a missing blob, seconds (doubles).
+    pub retry_missing_first_secs: Option<u64>,
+    /// `[blobs.s3]`.
+    pub s3: Option<RawS3>,
+}
+
+/// `[blobs.s3]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3 {
+    /// Endpoint URL of an S3-compatible server; absent for AWS.
+    pub endpoint: Option<String>,
+    /// Bucket.
+    pub bucket: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Access key id (else `AWS_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// Secret (else `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: Option<String>,
+    /// Allow an `http://` endpoint.
+    pub allow_http: Option<bool>,
 }
 
 /// `[mirror]` in the config file.
@@ -72,6 +118,8 @@ pub struct Config {
     pub allow_http_localhost: bool,
     /// Mirror settings.
     pub mirror: barn_mirror::MirrorConfig,
+    /// Blob workers and storage; `None` when blobs are off.
+    pub blobs: Option<(barn_blobs::BlobConfig, barn_blobs::StorageConfig)>,
 }
 
 impl RawConfig {
@@ -106,6 +154,9 @@ impl RawConfig {
             }),
             (a, b) => b.or(a),
         };
+        // The blobs section is taken whole from whichever source sets it
+        // (only the file does today).
+        self.blobs = other.blobs.or(self.blobs);
         self
     }
 
@@ -203,8 +254,11 @@ impl RawConfig {
                 mirror.resync_retry = Duration::from_millis(ms);
             }
         }
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let blobs = validate_blobs(self.blobs.unwrap_or_default(), &data_dir)?;
         Ok(Config {
-            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            blobs,
+            data_dir,
             plc_url: plc_url.trim_end_matches('/').to_owned(),
             hosts,
             accounts,
@@ -212,6 +266,87 @@ impl RawConfig {
             mirror,
         })
     }
+}
+
+fn validate_blobs(
+    raw: RawBlobs,
+    data_dir: &Path,
+) -> anyhow::Result<Option<(barn_blobs::BlobConfig, barn_blobs::StorageConfig)>> {
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    let mut c = barn_blobs::BlobConfig::default();
+    if let Some(n) = raw.max_blob_bytes {
+        if n == 0 {
+            bail!("blobs.max_blob_bytes must be at least 1 (default 100000000)");
+        }
+        c.max_blob_bytes = n;
+    }
+    if let Some(n) = raw.concurrency {
+        if n == 0 {
+            bail!("blobs.concurrency must be at least 1 (default 16)");
+        }
+        c.concurrency = n;
+    }
+    if let Some(n) = raw.per_host {
+        if n == 0 {
+            bail!("blobs.per_host must be at least 1 (default 4)");
+        }
+        c.per_host = n;
+    }
+    if let Some(ms) = raw.poll_ms {
+        if !(10..=10_000).contains(&ms) {
+            bail!("blobs.poll_ms = {ms}: use 10 to 10000 (default 200)");
+        }
+        c.poll = Duration::from_millis(ms);
+    }
+    if let Some(ms) = raw.retry_transient_first_ms {
+        c.retry.transient_first = Duration::from_millis(ms.max(1));
+    }
+    if let Some(s) = raw.retry_missing_first_secs {
+        c.retry.missing_first = Duration::from_secs(s.max(1));
+    }
+    let storage = match raw.storage.as_deref().unwrap_or("local") {
+        "local" => {
+            if raw.s3.is_some() {
+                bail!(
+                    "blobs.s3 is set but blobs.storage is \"local\"; set storage = \"s3\" to use it"
+                );
+            }
+            barn_blobs::StorageConfig::Local {
+                dir: raw.dir.unwrap_or_else(|| data_dir.join("blobs")),
+            }
+        }
+        "s3" => {
+            if raw.dir.is_some() {
+                bail!("blobs.dir is for storage = \"local\"; with s3, remove it");
+            }
+            let s3 = raw.s3.unwrap_or_default();
+            let Some(bucket) = s3.bucket.filter(|b| !b.is_empty()) else {
+                bail!(
+                    "blobs.s3.bucket is required with storage = \"s3\" (an existing bucket's name)"
+                );
+            };
+            if let Some(e) = &s3.endpoint {
+                check_url("blobs.s3.endpoint", e)?;
+                if e.starts_with("http://") && s3.allow_http != Some(true) {
+                    bail!(
+                        "blobs.s3.endpoint {e:?} is plain http; set blobs.s3.allow_http = true to allow it"
+                    );
+                }
+            }
+            barn_blobs::StorageConfig::S3 {
+                endpoint: s3.endpoint,
+                bucket,
+                region: s3.region.unwrap_or_else(|| "us-east-1".into()),
+                access_key_id: s3.access_key_id,
+                secret_access_key: s3.secret_access_key,
+                allow_http: s3.allow_http.unwrap_or(false),
+            }
+        }
+        other => bail!("blobs.storage = {other:?}: use \"local\" (a directory) or \"s3\""),
+    };
+    Ok(Some((c, storage)))
 }
 
 fn check_url(key: &str, url: &str) -> anyhow::Result<()> {
@@ -237,6 +372,54 @@ mod tests {
         assert_eq!(c.plc_url, "https://plc.directory");
         assert_eq!(c.mirror.group_commit_max, 1000);
         assert_eq!(c.mirror.max_frame_bytes, 5 << 20);
+        let (blobs, storage) = c.blobs.unwrap();
+        assert_eq!(blobs.max_blob_bytes, 100_000_000);
+        assert_eq!(
+            storage,
+            barn_blobs::StorageConfig::Local {
+                dir: PathBuf::from("./data/blobs")
+            }
+        );
+    }
+
+    #[test]
+    fn blob_storage_errors_name_the_key_and_the_fix() {
+        let err = |toml: &str| {
+            toml::from_str::<RawConfig>(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[blobs]\nstorage = \"s3\"\n");
+        assert!(e.contains("blobs.s3.bucket"), "{e}");
+        let e = err(
+            "[blobs]\nstorage = \"s3\"\n[blobs.s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n",
+        );
+        assert!(e.contains("allow_http"), "{e}");
+        let e = err("[blobs]\nstorage = \"gcs\"\n");
+        assert!(e.contains("blobs.storage") && e.contains("s3"), "{e}");
+        let c = toml::from_str::<RawConfig>("[blobs]\nenabled = false\n")
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(c.blobs.is_none());
+        let c = toml::from_str::<RawConfig>(
+            "[blobs]\nstorage = \"s3\"\n[blobs.s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\nallow_http = true\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert!(matches!(
+            c.blobs,
+            Some((
+                _,
+                barn_blobs::StorageConfig::S3 {
+                    allow_http: true,
+                    ..
+                }
+            ))
+        ));
     }
 
     #[test]

@@ -110,6 +110,10 @@ struct MirrorArgs {
     /// PLC directory (default https://plc.directory).
     #[arg(long, env = "BARN_PLC_URL")]
     plc_url: Option<String>,
+    /// Directory for blobs when they are kept locally (default
+    /// <data-dir>/blobs).
+    #[arg(long, env = "BARN_BLOB_DIR")]
+    blob_dir: Option<PathBuf>,
     /// Resolve did:web:localhost over plain http (tests only).
     #[arg(long, env = "BARN_ALLOW_HTTP_LOCALHOST", hide = true)]
     allow_http_localhost: bool,
@@ -142,8 +146,13 @@ impl MirrorArgs {
             accounts: (!self.accounts.is_empty()).then_some(self.accounts),
             allow_http_localhost: self.allow_http_localhost.then_some(true),
             mirror: None,
+            blobs: None,
         };
-        file.merge(flags).validate()
+        let mut raw = file.merge(flags);
+        if let Some(dir) = self.blob_dir {
+            raw.blobs.get_or_insert_default().dir = Some(dir);
+        }
+        raw.validate()
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use barn_blobs::{BlobStorage, BlobWorkers};
 use barn_identity::{Resolver, ResolverConfig};
 use barn_mirror::{Metrics, Mirror};
 use barn_store::{Store, StoreOptions};
@@ -22,6 +23,8 @@ pub struct Running {
     pub registry: prometheus::Registry,
     /// Accounts of the config that could not be tracked, with why.
     pub untracked: Vec<(String, String)>,
+    /// The blob workers, unless blobs are off.
+    pub blobs: Option<BlobWorkers>,
 }
 
 /// Runs the mirror with `config` until a termination signal, then stops
@@ -69,6 +72,21 @@ pub async fn start(config: &Config, store: Arc<Store>) -> anyhow::Result<Running
         .context("registering identity metrics")?;
     barn_store::metrics::register(&registry).context("registering store metrics")?;
 
+    // Blob storage first: a misconfigured bucket stops start-up before any
+    // host is followed.
+    let blobs = match &config.blobs {
+        Some((blob_config, storage)) => {
+            let storage = BlobStorage::open(storage).context("opening blob storage")?;
+            let blob_metrics =
+                barn_blobs::Metrics::registered(&registry).context("registering blob metrics")?;
+            tracing::info!(%storage, "blobs go to");
+            Some(
+                BlobWorkers::start(store.clone(), storage, blob_config.clone(), blob_metrics)
+                    .context("starting blob workers")?,
+            )
+        }
+        None => None,
+    };
     let mirror = Mirror::new(store.clone(), resolver, config.mirror.clone(), metrics);
     mirror.start(&config.hosts).context("starting the mirror")?;
     let mut untracked = Vec::new();
@@ -87,6 +105,7 @@ pub async fn start(config: &Config, store: Arc<Store>) -> anyhow::Result<Running
         mirror,
         registry,
         untracked,
+        blobs,
     })
 }
 
@@ -97,6 +116,12 @@ pub async fn stop(running: &Running) -> anyhow::Result<()> {
     let stopped = tokio::time::timeout(Duration::from_secs(20), running.mirror.shutdown()).await;
     if stopped.is_err() {
         tracing::warn!("host tasks did not stop within 20 s");
+    }
+    if let Some(blobs) = &running.blobs {
+        // Fetches under way get a moment; what is cut stays queued.
+        if let Err(e) = blobs.stop(Duration::from_secs(5)).await {
+            tracing::warn!(error = %e, "blob workers did not stop cleanly");
+        }
     }
     running.store.sync().context("final sync")?;
     tracing::info!("stopped");

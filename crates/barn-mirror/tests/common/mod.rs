@@ -13,6 +13,8 @@ use barn_mirror::{Metrics, Mirror, MirrorConfig, normalize_host};
 use barn_store::{Store, StoreOptions};
 use barn_testkit::{Client, Network, Summary, compare_with_pds};
 
+pub mod blobs;
+
 /// Logs to the test output, filtered by `BARN_TEST_LOG` (default `warn`).
 pub fn logging() {
     let _ = tracing_subscriber::fmt()
