@@ -19,8 +19,8 @@
 //!   signature against the DID document.
 //! - [`FakePds`] serves crafted `subscribeRepos` frames, `getRepo` CARs,
 //!   `listRepos` pages, `getLatestCommit` / `getRepoStatus` with settable
-//!   hosting status, and DID documents from 127.0.0.1, and logs what was
-//!   asked; [`FakeAccount`] drafts valid commits to break one thing at a
+//!   hosting status, blobs (`getBlob`, with scripted faults: [`BlobFault`])
+//!   and DID documents from 127.0.0.1, and logs what was asked; [`FakeAccount`] drafts valid commits to break one thing at a
 //!   time (hostile-input and backfill tests).
 //!
 //! Nothing here is used by barn itself; it is a dev-dependency only.
@@ -36,7 +36,9 @@ pub mod xrpc;
 
 pub use compare::{Comparison, Identity, compare_cars, compare_with_pds};
 pub use error::{Error, Result};
-pub use fake_pds::{AccountHead, DraftCommit, DraftOptions, FakeAccount, FakePds, did_doc};
+pub use fake_pds::{
+    AccountHead, BlobFault, DraftCommit, DraftOptions, FakeAccount, FakePds, did_doc,
+};
 pub use network::{Network, NetworkOptions, Pds, Plc};
 pub use workload::{AccountSummary, Pause, Summary, WorkloadOptions, WorkloadRun};
 pub use xrpc::{Client, XrpcError};
