@@ -21,6 +21,14 @@
 //!   of the CAR's root commit, with getRepo's errors.
 //! - `GET /xrpc/com.atproto.sync.getRepoStatus?did=…`: `did`, `active`,
 //!   `status`, and `rev` when active; `RepoNotFound` for an unknown DID.
+//! - `GET /xrpc/com.atproto.sync.getBlob?did=…&cid=…`: the bytes set with
+//!   [`FakePds::set_blob`] (stored per DID and CID), with the PDS's
+//!   `Content-Type`, `Content-Length` and security headers, streamed in
+//!   chunks so a blob of hundreds of MB is held once; an unknown blob is
+//!   answered as `@atproto/pds` answers it (400 `InvalidRequest`,
+//!   "Blob not found"), with getRepo's account errors first. Faults
+//!   scripted per CID with [`FakePds::script_blob`] ([`BlobFault`]) are
+//!   spent one per request, then the blob is served normally.
 //! - `GET /<did>`: a PLC directory. The DID document set with
 //!   [`FakePds::set_did_doc`] (see [`did_doc`]), so the fake's URL can be a
 //!   resolver's `plc_url`.
@@ -28,7 +36,8 @@
 //! It counts and logs what consumers asked: `getRepo` per DID with each
 //! `since` ([`FakePds::get_repo_count`], [`FakePds::get_repo_since`]),
 //! `listRepos` with each cursor ([`FakePds::list_repos_cursors`]),
-//! `subscribeRepos` connections.
+//! `getBlob` per CID ([`FakePds::blob_requests`]), `subscribeRepos`
+//! connections.
 //!
 //! [`FakeAccount`] is the other half: a signing key and a repo built with
 //! barn-repo, from which it drafts *valid* `#commit` events (new MST
@@ -47,7 +56,7 @@
 //! - Its URL is `http://localhost:<port>`, the name DID documents use and
 //!   the form barn keys hosts by; it listens on 127.0.0.1 only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -78,6 +87,10 @@ use crate::error::{Error, Result};
 
 /// Largest request head the fake reads; anything longer is answered 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How much of a blob is written per call: small enough that a large blob
+/// goes out as a stream (and a fault can cut or alter one piece), large
+/// enough to keep loopback transfers fast.
+const BLOB_CHUNK: usize = 64 * 1024;
 /// `listRepos`'s `limit` bounds and default, from the lexicon.
 const LIST_REPOS_DEFAULT: usize = 500;
 const LIST_REPOS_MAX: i64 = 1000;
@@ -106,6 +119,51 @@ impl Default for Status {
     }
 }
 
+/// A blob `getBlob` serves.
+struct Blob {
+    /// Shared, never copied: each request streams slices of it.
+    bytes: Bytes,
+    mime: String,
+}
+
+/// What one `getBlob` request for a CID gets instead of the blob (see
+/// [`FakePds::script_blob`]). The answers that stand for the PDS's own
+/// errors have the PDS's status, headers and XRPC body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobFault {
+    /// What `@atproto/pds` 0.5.35 answers for a blob it does not have:
+    /// 400 `{"error":"InvalidRequest","message":"Blob not found"}`. (Its
+    /// handler throws `InvalidRequestError('Blob not found')` without the
+    /// lexicon's error name; see [`BlobFault::NotFoundByLexicon`].)
+    NotFound,
+    /// 400 `{"error":"BlobNotFound",…}`: the error name the getBlob lexicon
+    /// declares, which the reference PDS does not send but other PDS
+    /// implementations may; a client must take both forms as not found.
+    NotFoundByLexicon,
+    /// 429 with `Retry-After: <secs>`, `RateLimit-Remaining: 0` and
+    /// `RateLimit-Reset`, body `RateLimitExceeded` / "Rate Limit
+    /// Exceeded", as the PDS's rate limiter answers.
+    TooManyRequests {
+        /// The `Retry-After` value, in seconds.
+        retry_after_secs: u64,
+    },
+    /// 500 `{"error":"InternalServerError","message":"Internal Server
+    /// Error"}` (the PDS hides a failure's details this way).
+    ServerError,
+    /// 200 with the right `Content-Length`, but one byte in the middle of
+    /// the body flipped: the bytes no longer hash to the CID.
+    WrongBody,
+    /// 200 with the full `Content-Length`, then only this many body bytes
+    /// (at most the blob's length), then the connection is closed.
+    CutAfter(usize),
+    /// Waits this long, then serves the blob normally.
+    Delay(Duration),
+    /// 200 with the right body, but chunked (`Transfer-Encoding: chunked`)
+    /// and without `Content-Length`: the client learns the size only by
+    /// reading, as from a server that streams without knowing it.
+    NoLength,
+}
+
 #[derive(Default)]
 struct State {
     /// Frames in push order, each with the seq the cursor filter uses.
@@ -120,6 +178,13 @@ struct State {
     /// The `cursor` of every `listRepos`, in arrival order.
     list_repos_cursors: Vec<Option<String>>,
     get_repo_delay: Duration,
+    /// Blobs by DID, then CID: a blob is served only for its own account,
+    /// and a DID with blobs counts as an account even without a repo.
+    blobs: HashMap<String, HashMap<Cid, Blob>>,
+    /// Faults still to be spent, per CID, in order.
+    blob_faults: HashMap<Cid, VecDeque<BlobFault>>,
+    /// `getBlob` requests per CID (any DID, any outcome).
+    blob_requests: HashMap<Cid, u64>,
 }
 
 /// An XRPC error: its name and message.
@@ -134,14 +199,17 @@ impl State {
     /// with (`assertRepoAvailability` in `@atproto/pds`).
     fn available(&self, did: &str) -> std::result::Result<&Repo, XrpcFailure> {
         let Some(repo) = self.repos.get(did) else {
-            return Err((
-                "RepoNotFound",
-                format!("Could not find repo for DID: {did}"),
-            ));
+            return Err(repo_not_found(did));
         };
+        self.active(did)?;
+        Ok(repo)
+    }
+
+    /// The inactive-account error for `did`, if it is inactive.
+    fn active(&self, did: &str) -> std::result::Result<(), XrpcFailure> {
         let status = self.status(did);
         if status.active {
-            return Ok(repo);
+            return Ok(());
         }
         Err(match status.status.as_deref() {
             Some("takendown") => ("RepoTakendown", format!("Repo has been takendown: {did}")),
@@ -151,6 +219,22 @@ impl State {
                 format!("Repo has been deactivated: {did}"),
             ),
         })
+    }
+
+    /// The blob `getBlob` serves for `did` and `cid`, or its error: the
+    /// account checks first (as the PDS's handler runs
+    /// `assertRepoAvailability` before it looks for the blob), then the
+    /// blob. An account is known by its repo or by any blob of its.
+    fn blob(&self, did: &str, cid: &Cid) -> std::result::Result<(Bytes, String), XrpcFailure> {
+        let blobs = self.blobs.get(did);
+        if blobs.is_none() && !self.repos.contains_key(did) {
+            return Err(repo_not_found(did));
+        }
+        self.active(did)?;
+        blobs
+            .and_then(|b| b.get(cid))
+            .map(|b| (b.bytes.clone(), b.mime.clone()))
+            .ok_or(("InvalidRequest", "Blob not found".to_owned()))
     }
 
     fn latest_commit(&self, did: &str) -> std::result::Result<Value, XrpcFailure> {
@@ -166,10 +250,7 @@ impl State {
 
     fn repo_status(&self, did: &str) -> std::result::Result<Value, XrpcFailure> {
         let Some(repo) = self.repos.get(did) else {
-            return Err((
-                "RepoNotFound",
-                format!("Could not find repo for DID: {did}"),
-            ));
+            return Err(repo_not_found(did));
         };
         let status = self.status(did);
         let mut body = json!({"did": did, "active": status.active});
@@ -220,6 +301,13 @@ impl State {
         }
         body
     }
+}
+
+fn repo_not_found(did: &str) -> XrpcFailure {
+    (
+        "RepoNotFound",
+        format!("Could not find repo for DID: {did}"),
+    )
 }
 
 /// The root commit CID and rev of a CAR, if it has a root and that root is
@@ -352,8 +440,8 @@ impl FakePds {
     }
 
     /// The hosting status `listRepos` and `getRepoStatus` report for `did`
-    /// (default: active, no status). While inactive, `getRepo` and
-    /// `getLatestCommit` answer 400 by `status`: `RepoTakendown` for
+    /// (default: active, no status). While inactive, `getRepo`,
+    /// `getLatestCommit` and `getBlob` answer 400 by `status`: `RepoTakendown` for
     /// `takendown`, `RepoSuspended` for `suspended`, else `RepoDeactivated`.
     /// Kept by DID: it may be set before the repo and outlives
     /// [`FakePds::remove_repo`].
@@ -371,6 +459,57 @@ impl FakePds {
     /// it was counted), so a test can stop a consumer mid-download.
     pub fn set_get_repo_delay(&self, delay: Duration) {
         self.shared.lock().get_repo_delay = delay;
+    }
+
+    /// Stores a blob of `did` for `getBlob` to serve with `Content-Type`
+    /// `mime`, and returns its CID (CIDv1, raw codec, sha-256: what a
+    /// record's blob ref names). The bytes are kept as given, not copied;
+    /// setting the same blob again replaces its MIME type.
+    pub fn set_blob(&self, did: &str, bytes: impl Into<Bytes>, mime: &str) -> Cid {
+        let bytes = bytes.into();
+        let cid = barn_repo::cid_for_raw(&bytes);
+        self.shared
+            .lock()
+            .blobs
+            .entry(did.to_owned())
+            .or_default()
+            .insert(
+                cid,
+                Blob {
+                    bytes,
+                    mime: mime.to_owned(),
+                },
+            );
+        cid
+    }
+
+    /// Queues faults for `getBlob` requests of `cid` (whatever the DID):
+    /// each request spends the next one, in order; once none is left the
+    /// blob is served normally again. Appends to faults still queued.
+    ///
+    /// A fault is spent before the account and blob are looked up, as a
+    /// rate limiter or a failing server answers before the handler; the
+    /// body faults ([`BlobFault::WrongBody`], [`BlobFault::CutAfter`],
+    /// [`BlobFault::NoLength`]) need the blob, so on a request that would
+    /// fail anyway they are spent and the error is answered.
+    pub fn script_blob(&self, cid: &Cid, faults: Vec<BlobFault>) {
+        self.shared
+            .lock()
+            .blob_faults
+            .entry(*cid)
+            .or_default()
+            .extend(faults);
+    }
+
+    /// `getBlob` requests for `cid` so far (any DID, any outcome, faults
+    /// included; counted when the request arrives).
+    pub fn blob_requests(&self, cid: &Cid) -> u64 {
+        self.shared
+            .lock()
+            .blob_requests
+            .get(cid)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// What `GET /<did>` serves (see [`did_doc`]).
@@ -521,6 +660,23 @@ async fn serve(
                 Err((error, message)) => xrpc_error(&mut stream, error, &message).await,
             }
         }
+        "/xrpc/com.atproto.sync.getBlob" => {
+            let did = param("did").unwrap_or_default();
+            // The PDS validates `cid` against the lexicon before its
+            // handler runs.
+            let Some(cid) = param("cid").and_then(|c| c.parse::<Cid>().ok()) else {
+                return xrpc_error(&mut stream, "InvalidRequest", "cid must be a cid string").await;
+            };
+            let fault = {
+                let mut state = shared.lock();
+                *state.blob_requests.entry(cid).or_default() += 1;
+                state
+                    .blob_faults
+                    .get_mut(&cid)
+                    .and_then(VecDeque::pop_front)
+            };
+            serve_blob(&mut stream, &shared, &did, &cid, fault).await
+        }
         "/xrpc/com.atproto.sync.listRepos" => {
             // Logged first, so a refused request shows in the log too.
             let cursor = param("cursor");
@@ -568,6 +724,144 @@ async fn serve(
             }
         }
     }
+}
+
+/// One `getBlob` answer: `fault` if there is one, else the blob or the
+/// error the PDS would answer.
+async fn serve_blob(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    did: &str,
+    cid: &Cid,
+    fault: Option<BlobFault>,
+) -> IoResult<()> {
+    let body = match fault {
+        Some(BlobFault::NotFound) => {
+            return xrpc_error(stream, "InvalidRequest", "Blob not found").await;
+        }
+        Some(BlobFault::NotFoundByLexicon) => {
+            return xrpc_error(stream, "BlobNotFound", "Blob not found").await;
+        }
+        Some(BlobFault::TooManyRequests { retry_after_secs }) => {
+            let reset = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                + retry_after_secs;
+            let headers = format!(
+                "Retry-After: {retry_after_secs}\r\nRateLimit-Remaining: 0\r\n\
+                 RateLimit-Reset: {reset}\r\n"
+            );
+            return xrpc_error_with(
+                stream,
+                "429 Too Many Requests",
+                &headers,
+                "RateLimitExceeded",
+                "Rate Limit Exceeded",
+            )
+            .await;
+        }
+        Some(BlobFault::ServerError) => {
+            return xrpc_error_with(
+                stream,
+                "500 Internal Server Error",
+                "",
+                "InternalServerError",
+                "Internal Server Error",
+            )
+            .await;
+        }
+        Some(BlobFault::Delay(delay)) => {
+            tokio::time::sleep(delay).await;
+            BlobBody::Whole
+        }
+        Some(BlobFault::WrongBody) => BlobBody::Flipped,
+        Some(BlobFault::CutAfter(n)) => BlobBody::Cut(n),
+        Some(BlobFault::NoLength) => BlobBody::Chunked,
+        None => BlobBody::Whole,
+    };
+    // Read after any delay: the answer is the state when it is sent.
+    let found = shared.lock().blob(did, cid);
+    match found {
+        Ok((bytes, mime)) => send_blob(stream, cid, &bytes, &mime, body).await,
+        Err((error, message)) => xrpc_error(stream, error, &message).await,
+    }
+}
+
+/// How a found blob's body goes out.
+#[derive(Clone, Copy)]
+enum BlobBody {
+    Whole,
+    /// One byte in the middle flipped, same length.
+    Flipped,
+    /// `Content-Length` of the whole, then only this many bytes.
+    Cut(usize),
+    /// `Transfer-Encoding: chunked`, no `Content-Length`.
+    Chunked,
+}
+
+/// A 200 `getBlob` answer with the PDS's headers, the body written one
+/// [`BLOB_CHUNK`] at a time from the shared bytes (only a chunk that is
+/// altered is copied).
+async fn send_blob(
+    stream: &mut TcpStream,
+    cid: &Cid,
+    bytes: &Bytes,
+    mime: &str,
+    body: BlobBody,
+) -> IoResult<()> {
+    let mime = if mime.is_empty() {
+        "application/octet-stream"
+    } else {
+        mime
+    };
+    let length = match body {
+        BlobBody::Chunked => "Transfer-Encoding: chunked\r\n".to_owned(),
+        _ => format!("Content-Length: {}\r\n", bytes.len()),
+    };
+    // The security headers the PDS sets on every blob (getBlob.js).
+    let head = format!(
+        "HTTP/1.1 200 OK\r\n{length}Content-Type: {mime}\r\n\
+         X-Content-Type-Options: nosniff\r\n\
+         Content-Disposition: attachment; filename=\"{cid}\"\r\n\
+         Content-Security-Policy: default-src 'none'; sandbox\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let (limit, flip_at) = match body {
+        BlobBody::Cut(n) => (n.min(bytes.len()), None),
+        BlobBody::Flipped => (bytes.len(), Some(bytes.len() / 2)),
+        BlobBody::Whole | BlobBody::Chunked => (bytes.len(), None),
+    };
+    let mut offset = 0;
+    for chunk in bytes[..limit].chunks(BLOB_CHUNK) {
+        let end = offset + chunk.len();
+        let altered;
+        let piece = match flip_at {
+            Some(at) if (offset..end).contains(&at) => {
+                let mut copy = chunk.to_vec();
+                copy[at - offset] ^= 0x01;
+                altered = copy;
+                &altered[..]
+            }
+            _ => chunk,
+        };
+        if matches!(body, BlobBody::Chunked) {
+            stream
+                .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                .await?;
+            stream.write_all(piece).await?;
+            stream.write_all(b"\r\n").await?;
+        } else {
+            stream.write_all(piece).await?;
+        }
+        offset = end;
+    }
+    if matches!(body, BlobBody::Chunked) {
+        stream.write_all(b"0\r\n\r\n").await?;
+    }
+    // For a cut body this FIN comes before the promised length: the client
+    // sees the connection close mid-body.
+    stream.shutdown().await
 }
 
 /// Sends the frames the cursor allows, then every later push, until the
@@ -672,15 +966,29 @@ async fn json_answer(
     }
 }
 
+/// An XRPC error as the PDS sends most of them: 400 with a JSON body.
 async fn xrpc_error(stream: &mut TcpStream, error: &str, message: &str) -> IoResult<()> {
+    xrpc_error_with(stream, "400 Bad Request", "", error, message).await
+}
+
+/// An XRPC error with another status line and extra header lines (each
+/// ending in CRLF).
+async fn xrpc_error_with(
+    stream: &mut TcpStream,
+    status: &str,
+    headers: &str,
+    error: &str,
+    message: &str,
+) -> IoResult<()> {
     let body = json!({"error": error, "message": message}).to_string();
-    respond(
-        stream,
-        "400 Bad Request",
-        "application/json",
-        body.as_bytes(),
-    )
-    .await
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\
+         {headers}Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
 }
 
 /// `%XX` decoding (enough for DIDs and integers in a query or path).

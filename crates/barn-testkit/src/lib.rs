@@ -19,9 +19,13 @@
 //!   signature against the DID document.
 //! - [`FakePds`] serves crafted `subscribeRepos` frames, `getRepo` CARs,
 //!   `listRepos` pages, `getLatestCommit` / `getRepoStatus` with settable
-//!   hosting status, and DID documents from 127.0.0.1, and logs what was
-//!   asked; [`FakeAccount`] drafts valid commits to break one thing at a
-//!   time (hostile-input and backfill tests).
+//!   hosting status, blobs (`getBlob`, with scripted faults: [`BlobFault`])
+//!   and DID documents from 127.0.0.1, and logs what was asked;
+//!   [`FakeAccount`] drafts valid commits to break one thing at a time
+//!   (hostile-input and backfill tests).
+//! - [`S3Server`] runs a real S3-compatible server (moto, from PyPI, via
+//!   `interop/s3`) on 127.0.0.1 for blob-store tests, and can take it off
+//!   the network and back, its objects kept, for outage tests.
 //!
 //! Nothing here is used by barn itself; it is a dev-dependency only.
 
@@ -31,12 +35,16 @@ pub mod compare;
 pub mod fake_pds;
 pub mod network;
 pub mod process;
+pub mod s3;
 pub mod workload;
 pub mod xrpc;
 
 pub use compare::{Comparison, Identity, compare_cars, compare_with_pds};
 pub use error::{Error, Result};
-pub use fake_pds::{AccountHead, DraftCommit, DraftOptions, FakeAccount, FakePds, did_doc};
+pub use fake_pds::{
+    AccountHead, BlobFault, DraftCommit, DraftOptions, FakeAccount, FakePds, did_doc,
+};
 pub use network::{Network, NetworkOptions, Pds, Plc};
+pub use s3::S3Server;
 pub use workload::{AccountSummary, Pause, Summary, WorkloadOptions, WorkloadRun};
 pub use xrpc::{Client, XrpcError};
