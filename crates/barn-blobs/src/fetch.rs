@@ -208,14 +208,25 @@ async fn refused(resp: reqwest::Response) -> Failure {
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
     let body = read_some(resp).await;
-    let name = serde_error_name(&body);
+    let (name, message) = xrpc_error(&body);
     let detail = format!(
-        "{status}{}",
-        name.as_deref().map(|n| format!(" {n}")).unwrap_or_default()
+        "{status}{}{}",
+        name.as_deref().map(|n| format!(" {n}")).unwrap_or_default(),
+        message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
     );
+    // The reference PDS answers a blob it does not have with 400
+    // InvalidRequest "Blob not found", not the lexicon's BlobNotFound.
+    let blob_not_found = name.as_deref() == Some("BlobNotFound")
+        || (name.as_deref() == Some("InvalidRequest")
+            && message
+                .as_deref()
+                .is_some_and(|m| m.to_ascii_lowercase().contains("blob not found")));
     match (status.as_u16(), name.as_deref()) {
         (429, _) => Failure::RateLimited(retry_after),
-        (_, Some("BlobNotFound")) => Failure::NotFound(detail),
+        _ if blob_not_found => Failure::NotFound(detail),
         (_, Some("RepoDeactivated")) => Failure::Inactive("deactivated"),
         (_, Some("RepoTakendown")) => Failure::Inactive("takendown"),
         (_, Some("RepoSuspended")) => Failure::Inactive("suspended"),
@@ -239,18 +250,13 @@ async fn read_some(resp: reqwest::Response) -> Vec<u8> {
     out
 }
 
-/// The `error` field of an XRPC error body, found without a JSON parser
-/// dependency: the body is small and the field a plain identifier.
-fn serde_error_name(body: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
-    let at = text.find("\"error\"")?;
-    let rest = text[at + 7..].trim_start().strip_prefix(':')?.trim_start();
-    let rest = rest.strip_prefix('"')?;
-    let end = rest.find('"')?;
-    let name = &rest[..end];
-    name.chars()
-        .all(|c| c.is_ascii_alphanumeric())
-        .then(|| name.to_owned())
+/// The `error` and `message` of an XRPC error body, when it is one.
+fn xrpc_error(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(body) else {
+        return (None, None);
+    };
+    let field = |k: &str| o.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    (field("error"), field("message"))
 }
 
 /// `Retry-After`: delta-seconds or an HTTP date.
@@ -287,10 +293,13 @@ mod tests {
     #[test]
     fn error_names_come_from_the_body() {
         assert_eq!(
-            serde_error_name(br#"{"error": "BlobNotFound","message":"x"}"#).as_deref(),
-            Some("BlobNotFound")
+            xrpc_error(br#"{"error": "BlobNotFound","message":"x"}"#),
+            (Some("BlobNotFound".into()), Some("x".into()))
         );
-        assert_eq!(serde_error_name(br#"{"message":"error"}"#), None);
-        assert_eq!(serde_error_name(br#"{"error":"a b"}"#), None);
+        assert_eq!(
+            xrpc_error(br#"{"message":"error"}"#),
+            (None, Some("error".into()))
+        );
+        assert_eq!(xrpc_error(b"<html>"), (None, None));
     }
 }

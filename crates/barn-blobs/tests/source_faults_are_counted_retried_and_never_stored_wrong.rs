@@ -1,0 +1,190 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The source misbehaves in every way a PDS can: 404 (both forms), 429
+//! with Retry-After, 500, a body that does not hash to the CID, a body
+//! over the limit (declared and undeclared), a connection cut mid-body.
+//! Each is counted with its reason, nothing wrong is ever in the object
+//! store, blobs the source never gives are listed as missing for their
+//! account with the reason, and everything else is stored once the source
+//! behaves.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use barn_blobs::{BlobStorage, BlobWorkers, Metrics, StorageConfig};
+use barn_store::BlobStatus;
+use barn_testkit::{BlobFault, FakePds};
+use bytes::Bytes;
+use cid::Cid;
+
+use common::{ALICE, fast_config, host_account, reference, stored, wait_until};
+
+const LIMIT: u64 = 1 << 20;
+
+fn bytes(n: usize, seed: u8) -> Bytes {
+    Bytes::from(
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<u8>>(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_faults_are_counted_retried_and_never_stored_wrong() {
+    let (_dir, store) = common::store();
+    let blob_dir = tempfile::tempdir().unwrap();
+    let fake = FakePds::start().await.unwrap();
+    host_account(&store, ALICE, fake.url());
+
+    let set = |n, seed| fake.set_blob(ALICE, bytes(n, seed), "image/jpeg");
+    let not_found = set(1000, 1);
+    let not_found_lexicon = set(1000, 2);
+    let limited = set(2000, 3);
+    let failing = set(3000, 4);
+    let wrong = set(4000, 5);
+    let cut = set(300_000, 6);
+    let unlengthed = set(5000, 7);
+    let too_big = set(LIMIT as usize + 1, 8);
+    let too_big_unlengthed = set(LIMIT as usize + 1000, 9);
+    let never = barn_repo::cid_for_raw(b"never uploaded");
+    let not_a_blob = barn_repo::cid_for_cbor(b"\xa0");
+
+    fake.script_blob(&not_found, vec![BlobFault::NotFound, BlobFault::NotFound]);
+    fake.script_blob(&not_found_lexicon, vec![BlobFault::NotFoundByLexicon]);
+    fake.script_blob(
+        &limited,
+        vec![BlobFault::TooManyRequests {
+            retry_after_secs: 1,
+        }],
+    );
+    fake.script_blob(
+        &failing,
+        vec![BlobFault::ServerError, BlobFault::ServerError],
+    );
+    fake.script_blob(&wrong, vec![BlobFault::WrongBody]);
+    fake.script_blob(&cut, vec![BlobFault::CutAfter(100_000)]);
+    fake.script_blob(&unlengthed, vec![BlobFault::NoLength]);
+    fake.script_blob(&too_big_unlengthed, vec![BlobFault::NoLength]);
+
+    let storage = BlobStorage::open(&StorageConfig::Local {
+        dir: blob_dir.path().to_owned(),
+    })
+    .unwrap();
+    let metrics = Metrics::new().unwrap();
+    let started = Instant::now();
+    let workers = BlobWorkers::start(
+        store.clone(),
+        storage.clone(),
+        fast_config(LIMIT),
+        metrics.clone(),
+    )
+    .unwrap();
+    let good = [
+        not_found,
+        not_found_lexicon,
+        limited,
+        failing,
+        wrong,
+        cut,
+        unlengthed,
+    ];
+    let bad = [too_big, too_big_unlengthed, never, not_a_blob];
+    reference(&store, ALICE, &good);
+    reference(&store, ALICE, &bad);
+
+    // 429: nothing more for that host's blob before Retry-After.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        fake.blob_requests(&limited),
+        1,
+        "asked again before Retry-After"
+    );
+
+    wait_until(
+        &store,
+        &good,
+        Duration::from_secs(20),
+        "good blobs stored",
+        stored,
+    )
+    .await;
+    let limited_state = store.blob(&limited).unwrap().unwrap();
+    assert!(
+        limited_state.stored_ms.unwrap() - limited_state.first_seen_ms >= 1000,
+        "stored {} ms after being queued, before Retry-After",
+        limited_state.stored_ms.unwrap() - limited_state.first_seen_ms
+    );
+    wait_until(
+        &store,
+        &bad,
+        Duration::from_secs(10),
+        "bad blobs missing",
+        |s| s.status == BlobStatus::Missing,
+    )
+    .await;
+    eprintln!("drained in {:?}", started.elapsed());
+
+    // Good blobs: the PDS's bytes, under their CID.
+    for cid in &good {
+        let got = storage.read(cid).await.unwrap().unwrap();
+        assert_eq!(barn_repo::cid_for_raw(&got), *cid);
+    }
+    // Nothing of the bad ones, and never the wrong body.
+    for cid in &bad {
+        assert!(storage.read(cid).await.unwrap().is_none(), "{cid} stored");
+    }
+
+    // Counted with their reasons.
+    assert_eq!(
+        metrics.fetches("not_found") >= 3,
+        true,
+        "{}",
+        metrics.fetches("not_found")
+    );
+    assert!(metrics.fetches("rate_limited") >= 1);
+    assert!(metrics.fetches("server_error") >= 2);
+    assert!(metrics.fetches("hash_mismatch") >= 1);
+    assert!(metrics.fetches("network") >= 1);
+    assert!(metrics.fetches("too_large") >= 2);
+    assert!(metrics.fetches("invalid_cid") >= 1);
+    assert_eq!(
+        metrics.fetches("stored"),
+        good.len() as u64,
+        "each good blob stored once"
+    );
+    assert!(metrics.missing("too_large") >= 2 && metrics.missing("not_found") >= 1);
+
+    // The account's missing list, with reasons.
+    let missing: Vec<(Cid, String)> = store
+        .missing_blobs(ALICE)
+        .unwrap()
+        .into_iter()
+        .map(|(c, s)| (c, s.reason.unwrap()))
+        .collect();
+    let reason = |cid: &Cid| {
+        missing
+            .iter()
+            .find(|(c, _)| c == cid)
+            .map(|(_, r)| r.as_str())
+    };
+    assert_eq!(missing.len(), 4, "{missing:?}");
+    assert_eq!(reason(&too_big), Some("too_large"));
+    assert_eq!(reason(&too_big_unlengthed), Some("too_large"));
+    assert_eq!(reason(&never), Some("not_found"));
+    assert_eq!(reason(&not_a_blob), Some("invalid_cid"));
+    let counts = store.blob_counts(ALICE).unwrap();
+    assert_eq!(
+        (counts.referenced, counts.stored, counts.missing),
+        (11, 7, 4)
+    );
+
+    // The declared-too-large blob was refused without reading its body
+    // into the store, and the missing ones keep being retried, slowly.
+    let before = fake.blob_requests(&never);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        fake.blob_requests(&never) > before,
+        "missing blobs are retried"
+    );
+    workers.stop(Duration::from_secs(1)).await.unwrap();
+}
