@@ -8,6 +8,8 @@
 //!   before that aborts it.
 //! - A declared `Content-Length` over the limit is refused before reading;
 //!   a body without one (or lying about it) is cut off at the limit.
+//! - A blob already in the object store is not fetched again: its key is
+//!   its hash, and only verified bytes ever appear under it.
 //! - Errors are outcomes, sorted by what barn should do next ([`Failure`]):
 //!   the source does not have it, the account is not active, slow down,
 //!   the source or the network failed, the object store failed.
@@ -119,6 +121,17 @@ pub(crate) async fn fetch(
 ) -> Result<Fetched, Failure> {
     if cid.codec() != RAW || cid.hash().code() != SHA2_256 || cid.hash().digest().len() != 32 {
         return Err(Failure::InvalidCid);
+    }
+    // Already there: an object appears only once its hash checked out, so
+    // one that exists is this blob (stored before a crash that lost the
+    // unsynced "stored" mark, or under another account).
+    match storage.size(cid).await {
+        Ok(Some(size)) => {
+            tracing::debug!(%cid, "already in the object store");
+            return Ok(Fetched { size, mime: None });
+        }
+        Ok(None) => {}
+        Err(e) => return Err(Failure::Storage(e.to_string())),
     }
     let url = format!(
         "{}/xrpc/com.atproto.sync.getBlob",

@@ -201,3 +201,39 @@ impl std::fmt::Display for BlobStorage {
         f.write_str(&self.describe)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_written_blob_is_found_read_and_sized_and_an_aborted_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = BlobStorage::open(&StorageConfig::Local {
+            dir: dir.path().join("b"),
+        })
+        .unwrap();
+        let body = Bytes::from(vec![7u8; 1000]);
+        let cid = Cid::new_v1(
+            0x55,
+            cid::multihash::Multihash::wrap(0x12, &[1u8; 32]).unwrap(),
+        );
+        assert_eq!(storage.size(&cid).await.unwrap(), None);
+        let mut w = storage.writer(&cid, Some("image/png"));
+        w.put(body.clone()).await.unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut w).await.unwrap();
+        assert_eq!(storage.size(&cid).await.unwrap(), Some(1000));
+        assert_eq!(storage.read(&cid).await.unwrap(), Some(body));
+
+        let other = Cid::new_v1(
+            0x55,
+            cid::multihash::Multihash::wrap(0x12, &[2u8; 32]).unwrap(),
+        );
+        let mut w = storage.writer(&other, None);
+        w.put(Bytes::from(vec![1u8; 100])).await.unwrap();
+        w.abort().await.unwrap();
+        assert_eq!(storage.size(&other).await.unwrap(), None);
+    }
+}

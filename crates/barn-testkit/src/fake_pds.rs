@@ -1059,6 +1059,9 @@ pub struct DraftOptions {
     pub rev: Option<String>,
     /// Pad each record with a text of this many bytes.
     pub padding: usize,
+    /// Record `i` references blob `blobs[i]` (an `image` blob ref), for
+    /// the first `blobs.len()` records.
+    pub blobs: Vec<Cid>,
 }
 
 impl Default for DraftOptions {
@@ -1068,6 +1071,7 @@ impl Default for DraftOptions {
             key: None,
             rev: None,
             padding: 0,
+            blobs: Vec::new(),
         }
     }
 }
@@ -1235,11 +1239,19 @@ impl FakeAccount {
         for i in 0..options.records as u64 {
             let n = self.next_record + i;
             let path = format!("com.example.thing/r{n:08}");
-            let json = json!({
+            let mut json = json!({
                 "$type": "com.example.thing",
                 "n": n,
                 "text": "x".repeat(options.padding),
             });
+            if let Some(blob) = options.blobs.get(i as usize) {
+                json["image"] = json!({
+                    "$type": "blob",
+                    "ref": {"$link": blob.to_string()},
+                    "mimeType": "application/octet-stream",
+                    "size": 0,
+                });
+            }
             let value = barn_repo::data::record_from_json(&json).map_err(Error::repo(&what))?;
             let bytes = barn_repo::data::encode(&value).map_err(Error::repo(&what))?;
             let cid = barn_repo::cid_for_cbor(&bytes);

@@ -19,7 +19,10 @@ where
         .unwrap();
     tokio::process::Command::new(env!("CARGO_BIN_EXE_barn"))
         .args(args)
-        .env("BARN_LOG", "info")
+        .env(
+            "BARN_LOG",
+            std::env::var("BARN_TEST_BARN_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
