@@ -115,6 +115,14 @@ impl Metrics {
         self.missing.with_label_values(&[reason]).get()
     }
 
+    /// Samples of fetch time, request to stored (count, sum in seconds).
+    pub fn fetch_time(&self) -> (u64, f64) {
+        (
+            self.fetch_seconds.get_sample_count(),
+            self.fetch_seconds.get_sample_sum(),
+        )
+    }
+
     /// Samples of commit-to-stored latency (count, sum in seconds).
     pub fn stored_latency(&self) -> (u64, f64) {
         (

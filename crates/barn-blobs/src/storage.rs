@@ -2,10 +2,12 @@
 //! default, S3 or any S3-compatible server at scale), under a
 //! content-addressed key.
 //!
-//! Keys are `blobs/<h0>/<h1>/<cid>`, where `h0`, `h1` are the first two
-//! bytes of the sha-256 digest in hex: a directory never holds more than
-//! 1/65536th of the blobs, which local filesystems need and S3 does not
-//! mind.
+//! Keys are `blobs/<shard>/<cid>`, where `shard` is the first 12 bits of
+//! the sha-256 digest in hex (`000`–`fff`): a directory holds 1/4096th of
+//! the blobs (24k at 100M), which local filesystems need and S3 does not
+//! mind, and there are never more than 4096 directories to create (a
+//! two-level 256×256 layout made a fresh store's first blobs pay a `mkdir`
+//! each, a large part of the fetch profile).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,7 +95,11 @@ impl BlobStorage {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     Error::Config(format!("creating blob directory {}: {e}", dir.display()))
                 })?;
-                let fs = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
+                // fsync file and directory before the rename publishes it: a
+                // blob marked stored must survive a power cut.
+                let fs = LocalFileSystem::new_with_prefix(dir)?
+                    .with_automatic_cleanup(true)
+                    .with_fsync(true);
                 Ok(BlobStorage {
                     store: Arc::new(fs),
                     keeps_attributes: false,
@@ -148,7 +154,8 @@ impl BlobStorage {
             d.first().copied().unwrap_or(0),
             d.get(1).copied().unwrap_or(0),
         );
-        Path::from(format!("blobs/{a:02x}/{b:02x}/{cid}"))
+        let shard = (u16::from(a) << 4) | u16::from(b >> 4);
+        Path::from(format!("blobs/{shard:03x}/{cid}"))
     }
 
     /// A writer for blob `cid`: nothing is visible under its key until

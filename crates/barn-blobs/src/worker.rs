@@ -222,6 +222,12 @@ impl BlobWorkers {
         self.wake.notify_one();
     }
 
+    /// [`BlobWorkers::wake`] as a function to hand to whatever writes refs.
+    pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let wake = self.wake.clone();
+        move || wake.notify_one()
+    }
+
     /// Stops dispatching, lets fetches under way finish for up to
     /// `grace`, and drops the rest (they stay queued). Later calls
     /// return at once.

@@ -88,6 +88,20 @@ pub async fn start(config: &Config, store: Arc<Store>) -> anyhow::Result<Running
         None => None,
     };
     let mirror = Mirror::new(store.clone(), resolver, config.mirror.clone(), metrics);
+    if let Some(workers) = &blobs {
+        // Every durable group commit may have queued blobs: look now
+        // rather than at the next poll.
+        let mut durable = mirror.subscribe_durable();
+        let wake = workers.waker();
+        tokio::spawn(async move {
+            // Lagged is a wake-up too; Closed (the mirror is gone) ends it.
+            while let Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) =
+                durable.recv().await
+            {
+                wake();
+            }
+        });
+    }
     mirror.start(&config.hosts).context("starting the mirror")?;
     let mut untracked = Vec::new();
     for did in &config.accounts {
