@@ -187,3 +187,66 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
     );
     workers.stop(Duration::from_secs(1)).await.unwrap();
 }
+
+/// The source says the account is taken down: its blobs are missing with
+/// that reason (and not asked for again on the fast schedule); when the
+/// mirror sees the account come back it retries them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inactive_accounts_blobs_are_missing_until_it_comes_back() {
+    let (_dir, store) = common::store();
+    let blob_dir = tempfile::tempdir().unwrap();
+    let fake = FakePds::start().await.unwrap();
+    host_account(&store, ALICE, fake.url());
+    let cids: Vec<Cid> = (0..3)
+        .map(|i| fake.set_blob(ALICE, bytes(2000, 40 + i), "image/png"))
+        .collect();
+    fake.set_status(ALICE, false, Some("takendown"));
+
+    let storage = BlobStorage::open(&StorageConfig::Local {
+        dir: blob_dir.path().to_owned(),
+    })
+    .unwrap();
+    let metrics = Metrics::new().unwrap();
+    let mut config = fast_config(LIMIT);
+    // Far longer than the test: only the comeback can bring them.
+    config.retry.inactive = Duration::from_secs(3600);
+    let workers =
+        BlobWorkers::start(store.clone(), storage.clone(), config, metrics.clone()).unwrap();
+    reference(&store, ALICE, &cids);
+    wait_until(
+        &store,
+        &cids,
+        Duration::from_secs(10),
+        "missing: taken down",
+        |s| s.status == BlobStatus::Missing && s.reason.as_deref() == Some("account_takendown"),
+    )
+    .await;
+    assert_eq!(metrics.missing("account_takendown"), 3);
+    let asked: u64 = cids.iter().map(|c| fake.blob_requests(c)).sum();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        cids.iter().map(|c| fake.blob_requests(c)).sum::<u64>(),
+        asked
+    );
+
+    // Back, as an #account event makes the mirror write it.
+    fake.set_status(ALICE, true, None);
+    let mut batch = barn_store::Batch::new();
+    batch.retry_blobs_of(ALICE);
+    store.write(batch).unwrap();
+    wait_until(
+        &store,
+        &cids,
+        Duration::from_secs(10),
+        "stored once back",
+        stored,
+    )
+    .await;
+    for cid in &cids {
+        assert_eq!(
+            barn_repo::cid_for_raw(&storage.read(cid).await.unwrap().unwrap()),
+            *cid
+        );
+    }
+    workers.stop(Duration::from_secs(1)).await.unwrap();
+}
