@@ -176,25 +176,24 @@ pub(crate) async fn fetch(
             break Some(Failure::Storage(e.to_string()));
         }
     };
-    if failed.is_none() {
+    let failed = failed.or_else(|| {
         let digest = hasher.finalize();
-        if digest[..] != *cid.hash().digest() {
-            let got = barn_hash_cid(&digest);
-            let _ = writer.abort().await;
-            return Err(Failure::HashMismatch(got));
-        }
-        return match writer.shutdown().await {
-            Ok(()) => Ok(Fetched { size, mime }),
-            Err(e) => Err(Failure::Storage(e.to_string())),
-        };
+        (digest[..] != *cid.hash().digest()).then(|| Failure::HashMismatch(raw_cid_of(&digest)))
+    });
+    if let Some(failure) = failed {
+        // Nothing of a failed fetch may stay behind; an abort that fails
+        // leaves at most an unfinished upload, never an object.
+        let _ = writer.abort().await;
+        return Err(failure);
     }
-    // Nothing of a failed fetch may stay behind; an abort that fails
-    // leaves at most an unfinished upload, never an object.
-    let _ = writer.abort().await;
-    Err(failed.unwrap_or(Failure::Network("body ended early".into())))
+    match writer.shutdown().await {
+        Ok(()) => Ok(Fetched { size, mime }),
+        Err(e) => Err(Failure::Storage(e.to_string())),
+    }
 }
 
-fn barn_hash_cid(digest: &[u8]) -> String {
+/// The raw-codec CID string of a sha-256 digest (for the log).
+fn raw_cid_of(digest: &[u8]) -> String {
     match cid::multihash::Multihash::<64>::wrap(SHA2_256, digest) {
         Ok(mh) => Cid::new_v1(RAW, mh).to_string(),
         Err(_) => "?".into(),

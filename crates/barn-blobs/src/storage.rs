@@ -97,9 +97,7 @@ impl BlobStorage {
                 })?;
                 // fsync file and directory before the rename publishes it: a
                 // blob marked stored must survive a power cut.
-                let fs = LocalFileSystem::new_with_prefix(dir)?
-                    .with_automatic_cleanup(true)
-                    .with_fsync(true);
+                let fs = LocalFileSystem::new_with_prefix(dir)?.with_fsync(true);
                 Ok(BlobStorage {
                     store: Arc::new(fs),
                     keeps_attributes: false,

@@ -18,7 +18,7 @@
 //!   current host, its status), so a migrated account's blobs come from
 //!   its new PDS and an inactive account's are not asked for.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,10 +171,9 @@ struct Dispatcher {
     metrics: Metrics,
     client: reqwest::Client,
     tasks: JoinSet<Done>,
-    in_flight: HashSet<Cid>,
+    /// Fetches under way, with the host each went to.
+    in_flight: HashMap<Cid, String>,
     per_host: HashMap<String, usize>,
-    /// Which host each in-flight fetch went to.
-    hosts: HashMap<Cid, String>,
     host_paused: HashMap<String, Instant>,
     store_paused: Option<Instant>,
     store_failures: u32,
@@ -202,9 +201,8 @@ impl BlobWorkers {
             metrics,
             client,
             tasks: JoinSet::new(),
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             per_host: HashMap::new(),
-            hosts: HashMap::new(),
             host_paused: HashMap::new(),
             store_paused: None,
             store_failures: 0,
@@ -294,7 +292,7 @@ impl Dispatcher {
             let in_flight = &self.in_flight;
             let due = self
                 .store
-                .due_blobs(now_ms(), free * 8 + 16, &|c| in_flight.contains(c))?;
+                .due_blobs(now_ms(), free * 8 + 16, &|c| in_flight.contains_key(c))?;
             for d in due {
                 if self.in_flight.len() >= self.config.concurrency {
                     break;
@@ -339,8 +337,7 @@ impl Dispatcher {
             return Ok(());
         }
         *busy += 1;
-        self.in_flight.insert(d.cid);
-        self.hosts.insert(d.cid, host.clone());
+        self.in_flight.insert(d.cid, host.clone());
         let (client, storage, max) = (
             self.client.clone(),
             self.storage.clone(),
@@ -355,8 +352,7 @@ impl Dispatcher {
     }
 
     fn settle(&mut self, (d, started, result): Done) -> Result<()> {
-        self.in_flight.remove(&d.cid);
-        if let Some(host) = self.hosts.remove(&d.cid)
+        if let Some(host) = self.in_flight.remove(&d.cid)
             && let Some(n) = self.per_host.get_mut(&host)
         {
             *n = n.saturating_sub(1);

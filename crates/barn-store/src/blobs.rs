@@ -199,59 +199,63 @@ impl Store {
                 None => self.blob(cid)?,
             };
             let next = match current {
-                None => BlobState {
-                    status: BlobStatus::Queued,
-                    did: did.clone(),
-                    first_seen_ms: now,
-                    due_ms: Some(now),
-                    attempts: 0,
-                    reason: None,
-                    detail: None,
-                    size: hint.size,
-                    mime: hint.mime.clone(),
-                    stored_ms: None,
-                },
+                None => {
+                    let new = BlobState {
+                        status: BlobStatus::Queued,
+                        did: did.clone(),
+                        first_seen_ms: now,
+                        due_ms: None,
+                        attempts: 0,
+                        reason: None,
+                        detail: None,
+                        size: hint.size,
+                        mime: hint.mime.clone(),
+                        stored_ms: None,
+                    };
+                    self.requeue(wb, cid, new, now)
+                }
                 Some(mut s) if s.status == BlobStatus::Missing && s.did != *did => {
                     // Somewhere new to fetch it from: try now.
-                    if let Some(due) = s.due_ms {
-                        wb.remove(&self.blob_queue, queue_key(due, cid));
-                    }
                     s.did = did.clone();
-                    s.due_ms = Some(now);
-                    s
+                    self.requeue(wb, cid, s, now)
                 }
                 Some(_) => continue,
             };
-            if let Some(due) = next.due_ms {
-                wb.insert(&self.blob_queue, queue_key(due, cid), []);
-            }
-            wb.insert(&self.blobs, cid.to_bytes(), encode(&next));
             staged.insert(*cid, next);
         }
         for did in &batch.blob_retry {
             for cid in self.blob_refs_of(did)? {
-                let Some(mut s) = staged
-                    .remove(&cid)
-                    .map(Ok)
-                    .or_else(|| self.blob(&cid).transpose())
-                    .transpose()?
-                else {
-                    continue;
+                let current = match staged.remove(&cid) {
+                    Some(s) => Some(s),
+                    None => self.blob(&cid)?,
                 };
-                match s.due_ms {
-                    Some(due) if due > now => {
-                        wb.remove(&self.blob_queue, queue_key(due, &cid));
-                        wb.insert(&self.blob_queue, queue_key(now, &cid), []);
-                        s.due_ms = Some(now);
-                        s.did = did.clone();
-                        wb.insert(&self.blobs, cid.to_bytes(), encode(&s));
-                    }
-                    _ => {}
+                let Some(mut s) = current else { continue };
+                if s.due_ms.is_some_and(|due| due > now) {
+                    s.did = did.clone();
+                    s = self.requeue(wb, &cid, s, now);
                 }
                 staged.insert(cid, s);
             }
         }
         Ok(())
+    }
+
+    /// Puts `state`'s queue entry at `at` (removing the one it had) and
+    /// writes the state, in `wb`; returns the state written.
+    fn requeue(
+        &self,
+        wb: &mut fjall::OwnedWriteBatch,
+        cid: &Cid,
+        mut state: BlobState,
+        at: u64,
+    ) -> BlobState {
+        if let Some(due) = state.due_ms {
+            wb.remove(&self.blob_queue, queue_key(due, cid));
+        }
+        wb.insert(&self.blob_queue, queue_key(at, cid), []);
+        state.due_ms = Some(at);
+        wb.insert(&self.blobs, cid.to_bytes(), encode(&state));
+        state
     }
 
     /// What barn knows of blob `cid`.
@@ -398,18 +402,13 @@ impl Store {
         let mut wb = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut moved = 0;
         for cid in cids {
-            let Some(mut state) = self.blob(&cid)? else {
+            let Some(state) = self.blob(&cid)? else {
                 continue;
             };
-            let Some(due) = state.due_ms else { continue };
-            if due <= now {
-                continue;
+            if state.due_ms.is_some_and(|due| due > now) {
+                self.requeue(&mut wb, &cid, state, now);
+                moved += 1;
             }
-            wb.remove(&self.blob_queue, queue_key(due, &cid));
-            wb.insert(&self.blob_queue, queue_key(now, &cid), []);
-            state.due_ms = Some(now);
-            wb.insert(&self.blobs, cid.to_bytes(), encode(&state));
-            moved += 1;
         }
         wb.commit()?;
         Ok(moved)
@@ -486,6 +485,27 @@ mod tests {
         store.write(batch).unwrap();
     }
 
+    /// A failed attempt at `cid`, next one at `retry_at_ms`.
+    fn fail(
+        store: &Store,
+        cid: &Cid,
+        status: BlobStatus,
+        reason: &str,
+        retry_at_ms: u64,
+    ) -> BlobState {
+        store
+            .settle_blob(
+                cid,
+                BlobOutcome::Failed {
+                    status,
+                    reason: reason.into(),
+                    detail: String::new(),
+                    retry_at_ms,
+                },
+            )
+            .unwrap()
+    }
+
     fn due(store: &Store) -> Vec<Cid> {
         store
             .due_blobs(u64::MAX - 1, 100, &|_| false)
@@ -536,17 +556,7 @@ mod tests {
         let a = cid_for_raw(b"a");
         refs(&store, &[(ALICE, a)]);
         let later = now_ms() + 3_600_000;
-        let s = store
-            .settle_blob(
-                &a,
-                BlobOutcome::Failed {
-                    status: BlobStatus::Missing,
-                    reason: "not_found".into(),
-                    detail: "BlobNotFound".into(),
-                    retry_at_ms: later,
-                },
-            )
-            .unwrap();
+        let s = fail(&store, &a, BlobStatus::Missing, "not_found", later);
         assert_eq!(
             (s.status, s.attempts, s.due_ms),
             (BlobStatus::Missing, 1, Some(later))
@@ -584,17 +594,7 @@ mod tests {
                 },
             )
             .unwrap();
-        let s = store
-            .settle_blob(
-                &a,
-                BlobOutcome::Failed {
-                    status: BlobStatus::Queued,
-                    reason: "server_error".into(),
-                    detail: "500".into(),
-                    retry_at_ms: later,
-                },
-            )
-            .unwrap();
+        let s = fail(&store, &a, BlobStatus::Queued, "server_error", later);
         assert_eq!(s.status, BlobStatus::Stored);
         assert!(due(&store).is_empty());
     }
@@ -607,17 +607,13 @@ mod tests {
         let b = cid_for_raw(b"b");
         refs(&store, &[(ALICE, a), (BOB, b)]);
         for cid in [a, b] {
-            store
-                .settle_blob(
-                    &cid,
-                    BlobOutcome::Failed {
-                        status: BlobStatus::Missing,
-                        reason: "account_deactivated".into(),
-                        detail: String::new(),
-                        retry_at_ms: now_ms() + 3_600_000,
-                    },
-                )
-                .unwrap();
+            fail(
+                &store,
+                &cid,
+                BlobStatus::Missing,
+                "account_deactivated",
+                now_ms() + 3_600_000,
+            );
         }
         let mut batch = Batch::new();
         batch.retry_blobs_of(ALICE);
@@ -648,17 +644,13 @@ mod tests {
         let b = cid_for_raw(b"b");
         refs(&store, &[(ALICE, a), (BOB, b)]);
         for cid in [a, b] {
-            store
-                .settle_blob(
-                    &cid,
-                    BlobOutcome::Failed {
-                        status: BlobStatus::Missing,
-                        reason: "not_found".into(),
-                        detail: String::new(),
-                        retry_at_ms: now_ms() + 3_600_000,
-                    },
-                )
-                .unwrap();
+            fail(
+                &store,
+                &cid,
+                BlobStatus::Missing,
+                "not_found",
+                now_ms() + 3_600_000,
+            );
         }
         assert_eq!(store.retry_blobs_now(Some(ALICE)).unwrap(), 1);
         let d = store.due_blobs(now_ms(), 10, &|_| false).unwrap();

@@ -35,23 +35,51 @@ const STAMP: &str = "node_modules/.barn-installed";
 /// lockfile and the script. Blocking; call it before starting services.
 pub fn ensure_installed() -> Result<()> {
     let dir = network_dir();
-    let lock_path = dir.join(".install.lock");
+    install_once(
+        &dir,
+        &dir,
+        &dir.join(STAMP),
+        &["package-lock.json", "install.sh"],
+        &node_bin(),
+    )
+}
+
+/// Runs `<script_dir>/install.sh` under a file lock in `lock_dir` (so that
+/// test binaries starting together install once), unless `stamp` is newer
+/// than every file of `inputs` (in `script_dir`) and `installed` exists.
+pub(crate) fn install_once(
+    lock_dir: &Path,
+    script_dir: &Path,
+    stamp: &Path,
+    inputs: &[&str],
+    installed: &Path,
+) -> Result<()> {
+    std::fs::create_dir_all(lock_dir)
+        .map_err(Error::io(format!("creating {}", lock_dir.display())))?;
+    let lock_path = lock_dir.join(".install.lock");
     let lock = std::fs::File::create(&lock_path)
         .map_err(Error::io(format!("creating {}", lock_path.display())))?;
     lock.lock()
         .map_err(Error::io(format!("locking {}", lock_path.display())))?;
-    if is_fresh(&dir) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = modified(stamp).is_some_and(|stamp| {
+        inputs
+            .iter()
+            .all(|f| modified(&script_dir.join(f)).is_some_and(|t| t <= stamp))
+    }) && installed.exists();
+    if fresh {
         return Ok(());
     }
+    let script = script_dir.join("install.sh");
     let out = std::process::Command::new("bash")
-        .arg(dir.join("install.sh"))
-        .current_dir(&dir)
+        .arg(&script)
+        .current_dir(script_dir)
         .stdin(Stdio::null())
         .output()
-        .map_err(Error::io("running interop/network/install.sh"))?;
+        .map_err(Error::io(format!("running {}", script.display())))?;
     if !out.status.success() {
         return Err(Error::Install {
-            dir,
+            dir: script_dir.to_owned(),
             status: out.status.to_string(),
             output: format!(
                 "{}{}",
@@ -61,17 +89,6 @@ pub fn ensure_installed() -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn is_fresh(dir: &Path) -> bool {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let Some(stamp) = modified(&dir.join(STAMP)) else {
-        return false;
-    };
-    ["package-lock.json", "install.sh"]
-        .iter()
-        .all(|f| modified(&dir.join(f)).is_some_and(|t| t <= stamp))
-        && node_bin().exists()
 }
 
 /// A running node script.

@@ -51,7 +51,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{Error, Result};
-use crate::process::{free_port, log_tail};
+use crate::process::{free_port, install_once, log_tail};
 
 /// How long moto may take to answer after it was started: it starts in
 /// one or two seconds; a loaded CI machine gets slack.
@@ -81,46 +81,13 @@ pub fn ensure_installed() -> Result<()> {
             source: std::io::ErrorKind::NotFound.into(),
         });
     };
-    std::fs::create_dir_all(base).map_err(Error::io(format!("creating {}", base.display())))?;
-    let lock_path = base.join(".install.lock");
-    let lock = std::fs::File::create(&lock_path)
-        .map_err(Error::io(format!("creating {}", lock_path.display())))?;
-    lock.lock()
-        .map_err(Error::io(format!("locking {}", lock_path.display())))?;
-    if is_fresh(&venv) {
-        return Ok(());
-    }
-    let dir = s3_dir();
-    let out = std::process::Command::new("bash")
-        .arg(dir.join("install.sh"))
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(Error::io("running interop/s3/install.sh"))?;
-    if !out.status.success() {
-        return Err(Error::Install {
-            dir,
-            status: out.status.to_string(),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        });
-    }
-    Ok(())
-}
-
-fn is_fresh(venv: &Path) -> bool {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let Some(stamp) = modified(&venv.join(STAMP)) else {
-        return false;
-    };
-    let dir = s3_dir();
-    ["requirements.txt", "install.sh"]
-        .iter()
-        .all(|f| modified(&dir.join(f)).is_some_and(|t| t <= stamp))
-        && python_bin().exists()
+    install_once(
+        base,
+        &s3_dir(),
+        &venv.join(STAMP),
+        &["requirements.txt", "install.sh"],
+        &python_bin(),
+    )
 }
 
 fn python_bin() -> PathBuf {

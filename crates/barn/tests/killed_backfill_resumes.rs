@@ -17,7 +17,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use barn_store::{Source, Store, StoreOptions, SyncState};
-use barn_testkit::{DraftOptions, FakeAccount, FakePds};
 
 const ACCOUNTS: u64 = 60;
 
@@ -42,25 +41,8 @@ async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_killed_half_way_resumes_without_refetching() {
-    let fake = FakePds::start().await.unwrap();
+    let (fake, accounts) = common::fake_host_with_accounts(ACCOUNTS, 50, 1000).await;
     let host = fake.url().to_owned();
-    let mut accounts = Vec::new();
-    for n in 0..ACCOUNTS {
-        let mut acct = FakeAccount::new(&FakeAccount::plc_did(1000 + n), 1000 + n);
-        let genesis = acct
-            .draft_with(
-                0,
-                &DraftOptions {
-                    records: 50,
-                    ..DraftOptions::default()
-                },
-            )
-            .unwrap();
-        acct.apply(&genesis);
-        fake.set_did_doc(acct.did(), acct.did_doc(&host));
-        fake.set_repo(acct.did(), acct.car());
-        accounts.push(acct);
-    }
     fake.set_get_repo_delay(Duration::from_millis(300));
 
     let dir = tempfile::tempdir().unwrap();
