@@ -685,10 +685,12 @@ async fn run_host(
 ) -> Result<()> {
     let host = link.host.clone();
     let stored = inner.store.host(&host)?;
-    let cursor = match &stored {
-        Some(h) => h.cursor,
-        None => inner.config.new_host_cursor,
-    };
+    // A host state can be durable before any event is (a listing pass
+    // writes its progress): no cursor yet is still "new", not "live".
+    let cursor = stored
+        .as_ref()
+        .and_then(|h| h.cursor)
+        .or(inner.config.new_host_cursor);
     let mut cfg = SubscribeConfig::new(host.clone());
     cfg.cursor = cursor;
     cfg.max_frame_bytes = inner.config.max_frame_bytes;
