@@ -158,6 +158,13 @@ impl Harness {
                 metrics.resyncs("unchanged") > unchanged_before
             })
             .await;
+            // The outcome is counted when the host task takes it; the state
+            // it sets is durable with the next group commit.
+            let store = self.store.clone();
+            wait_for(&format!("{case}: the resync's state durable"), || {
+                store.repo(&did).unwrap().unwrap().sync == SyncState::Synchronized
+            })
+            .await;
             assert_eq!(
                 self.store.repo(&did).unwrap().unwrap().sync,
                 SyncState::Synchronized,
