@@ -93,6 +93,7 @@ async fn blob_fetches_killed_with_sigkill_lose_no_queued_blob() {
     );
 
     // The last run: everything still queued is fetched.
+    let started = common::log_count(&log, "barn is running");
     let mut barn = common::spawn_barn(["serve", "--config", config.to_str().unwrap()], &log);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !blobs.iter().all(|c| blob_path(c).exists()) {
@@ -107,7 +108,10 @@ async fn blob_fetches_killed_with_sigkill_lose_no_queued_blob() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // A clean stop, then the store's word.
+    // A clean stop, then the store's word. The SIGTERM waits for start-up
+    // to finish: the last kill may already have left every blob stored,
+    // and a signal before the handlers exist ends the process (15).
+    common::wait_running(&log, started).await;
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(barn.id().unwrap() as i32).unwrap(),
         rustix::process::Signal::TERM,

@@ -113,7 +113,9 @@ async fn kill9_at_random_moments_loses_nothing_and_applies_nothing_twice() {
     tracked.sort_by(|a, b| a.name.cmp(&b.name));
     let deadline = Instant::now() + Duration::from_secs(120);
     let store = loop {
+        let started = common::log_count(&log, "barn is running");
         let mut child = barn(&net, &data, &log);
+        common::wait_running(&log, started).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();

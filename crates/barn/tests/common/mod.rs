@@ -137,3 +137,25 @@ where
     );
     (out, stdout, stderr)
 }
+
+/// How many times `needle` appears in the log file at `log` so far.
+pub fn log_count(log: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
+}
+
+/// Waits until `barn serve` logged its start-up line more than `before`
+/// times: its signal handlers are installed and the mirror started.
+pub async fn wait_running(log: &Path, before: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while log_count(log, "barn is running") <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "barn never started:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
