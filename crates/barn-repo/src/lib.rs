@@ -24,6 +24,7 @@ pub mod commit;
 pub mod crypto;
 pub mod data;
 mod error;
+pub mod export;
 pub mod mst;
 pub mod syntax;
 

@@ -23,6 +23,7 @@ mod codec;
 mod error;
 pub mod metrics;
 mod model;
+mod query;
 mod revision;
 mod store;
 
@@ -33,5 +34,6 @@ pub use model::{
     ChunkedOps, CommitEntry, HostState, ListPass, Op, OpAction, OpCounts, PassKind, RepoState,
     Source, SyncState,
 };
+pub use query::Order;
 pub use revision::{CHUNK_OPS, LargeRevision};
 pub use store::{Batch, Store, StoreBlocks, StoreOptions, now_ms};

@@ -103,7 +103,7 @@ pub struct Store {
     codec: Codec,
     pub(crate) meta: Keyspace,
     blocks: Keyspace,
-    repos: Keyspace,
+    pub(crate) repos: Keyspace,
     pub(crate) commits: Keyspace,
     pub(crate) records: Keyspace,
     hosts: Keyspace,
