@@ -233,6 +233,21 @@ impl Resolver {
         st.cache.insert(identity.did.clone(), Arc::new(identity));
     }
 
+    /// The DID's document as published, fetched now and not cached (for
+    /// `describeRepo`, which returns it verbatim). Counts no resolution.
+    pub async fn document(&self, did: &str) -> Result<Value> {
+        let (_, url) = self.inner.document_url(did)?;
+        let _permit = self
+            .inner
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal {
+                did: did.to_owned(),
+            })?;
+        self.inner.fetch_json(did, &url).await
+    }
+
     /// Where the DID's document would be fetched from, after all the DID
     /// and method checks.
     pub fn document_url(&self, did: &str) -> Result<String> {
