@@ -197,7 +197,7 @@ impl Gateway {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/xrpc/_health", get(health))
-            .route("/xrpc/{method}", get(xrpc))
+            .route("/xrpc/{method}", get(xrpc).fallback(wrong_method))
             .route("/metrics", get(metrics_text))
             .fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(self.clone(), guard))
@@ -462,6 +462,13 @@ async fn metrics_text(State(gw): State<Gateway>) -> Response {
                 .into_response()
         }
     }
+}
+
+async fn wrong_method(method: axum::http::Method) -> Response {
+    XrpcError::invalid(format!(
+        "Incorrect HTTP method ({method}): barn serves queries only, with GET"
+    ))
+    .into_response()
 }
 
 async fn not_found() -> Response {

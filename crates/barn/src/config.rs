@@ -26,6 +26,39 @@ pub struct RawConfig {
     pub mirror: Option<RawMirror>,
     /// Blob fetching and storage.
     pub blobs: Option<RawBlobs>,
+    /// The XRPC gateway.
+    pub gateway: Option<RawGateway>,
+}
+
+/// `[gateway]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// Serve at all.
+    pub enabled: Option<bool>,
+    /// Address to listen on (`127.0.0.1:2480` by default).
+    pub listen: Option<String>,
+    /// barn's service DID (the `aud` of owner JWTs).
+    pub service_did: Option<String>,
+    /// The operator's bearer token (better: `BARN_ADMIN_TOKEN` or
+    /// `admin_token_file`).
+    pub admin_token: Option<String>,
+    /// A file holding the operator's bearer token.
+    pub admin_token_file: Option<PathBuf>,
+    /// CAR exports streaming at once.
+    pub max_concurrent_cars: Option<usize>,
+    /// Wait for a CAR slot at most this long, ms.
+    pub car_queue_timeout_ms: Option<u64>,
+    /// Give up on a client that takes no data for this long, seconds.
+    pub car_stall_timeout_secs: Option<u64>,
+    /// Time to a response head, seconds.
+    pub request_timeout_secs: Option<u64>,
+    /// Requests per second per client address; 0 turns the limit off.
+    pub rate_limit_per_second: Option<f64>,
+    /// Requests at once per client address after idling.
+    pub rate_limit_burst: Option<u32>,
+    /// Take the client address from `X-Forwarded-For`.
+    pub trust_forwarded_for: Option<bool>,
 }
 
 /// `[blobs]` in the config file.
@@ -120,6 +153,8 @@ pub struct Config {
     pub mirror: barn_mirror::MirrorConfig,
     /// Blob workers and storage; `None` when blobs are off.
     pub blobs: Option<(barn_blobs::BlobConfig, barn_blobs::StorageConfig)>,
+    /// Where the gateway listens, and how it behaves; `None` when off.
+    pub gateway: Option<(std::net::SocketAddr, barn_xrpc::GatewayConfig)>,
 }
 
 impl RawConfig {
@@ -157,6 +192,23 @@ impl RawConfig {
         // The blobs section is taken whole from whichever source sets it
         // (only the file does today).
         self.blobs = other.blobs.or(self.blobs);
+        self.gateway = match (self.gateway, other.gateway) {
+            (Some(a), Some(b)) => Some(RawGateway {
+                enabled: b.enabled.or(a.enabled),
+                listen: b.listen.or(a.listen),
+                service_did: b.service_did.or(a.service_did),
+                admin_token: b.admin_token.or(a.admin_token),
+                admin_token_file: b.admin_token_file.or(a.admin_token_file),
+                max_concurrent_cars: b.max_concurrent_cars.or(a.max_concurrent_cars),
+                car_queue_timeout_ms: b.car_queue_timeout_ms.or(a.car_queue_timeout_ms),
+                car_stall_timeout_secs: b.car_stall_timeout_secs.or(a.car_stall_timeout_secs),
+                request_timeout_secs: b.request_timeout_secs.or(a.request_timeout_secs),
+                rate_limit_per_second: b.rate_limit_per_second.or(a.rate_limit_per_second),
+                rate_limit_burst: b.rate_limit_burst.or(a.rate_limit_burst),
+                trust_forwarded_for: b.trust_forwarded_for.or(a.trust_forwarded_for),
+            }),
+            (a, b) => b.or(a),
+        };
         self
     }
 
@@ -256,8 +308,10 @@ impl RawConfig {
         }
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         let blobs = validate_blobs(self.blobs.unwrap_or_default(), &data_dir)?;
+        let gateway = validate_gateway(self.gateway.unwrap_or_default())?;
         Ok(Config {
             blobs,
+            gateway,
             data_dir,
             plc_url: plc_url.trim_end_matches('/').to_owned(),
             hosts,
@@ -266,6 +320,100 @@ impl RawConfig {
             mirror,
         })
     }
+}
+
+/// The default gateway address: loopback only, so that nothing is
+/// exposed until the operator says so.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2480";
+
+fn validate_gateway(
+    raw: RawGateway,
+) -> anyhow::Result<Option<(std::net::SocketAddr, barn_xrpc::GatewayConfig)>> {
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen: std::net::SocketAddr = listen_text.parse().with_context(|| {
+        format!("gateway.listen = {listen_text:?}: write an address and port like 127.0.0.1:2480 or 0.0.0.0:2480")
+    })?;
+    let mut c = barn_xrpc::GatewayConfig::default();
+    c.service_did = match raw.service_did {
+        Some(d) => d,
+        // did:web of the listen address: right for a local barn; a public
+        // one sets its own.
+        None => format!("did:web:localhost%3A{}", listen.port()),
+    };
+    if barn_repo::syntax::Did::validate(&c.service_did).is_err() {
+        bail!(
+            "gateway.service_did = {:?} is not a DID; use the DID clients put in `aud`, e.g. did:web:barn.example.com",
+            c.service_did
+        );
+    }
+    let token = match (raw.admin_token, raw.admin_token_file) {
+        (Some(_), Some(_)) => {
+            bail!("gateway.admin_token and gateway.admin_token_file are both set; keep one")
+        }
+        (Some(t), None) => Some(t),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("gateway.admin_token_file: reading {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if let Some(t) = &token
+        && (t.len() < 16 || t.chars().any(char::is_whitespace))
+    {
+        bail!(
+            "gateway admin token: use at least 16 characters without spaces (e.g. the output of `openssl rand -hex 24`)"
+        );
+    }
+    c.admin_token = token;
+    if let Some(n) = raw.max_concurrent_cars {
+        if n == 0 {
+            bail!("gateway.max_concurrent_cars must be at least 1 (default 32)");
+        }
+        c.max_concurrent_cars = n;
+    }
+    if let Some(ms) = raw.car_queue_timeout_ms {
+        c.car_queue_timeout = Duration::from_millis(ms);
+    }
+    if let Some(s) = raw.car_stall_timeout_secs {
+        if s == 0 {
+            bail!("gateway.car_stall_timeout_secs must be at least 1 (default 60)");
+        }
+        c.car_stall_timeout = Duration::from_secs(s);
+    }
+    if let Some(s) = raw.request_timeout_secs {
+        if s == 0 {
+            bail!("gateway.request_timeout_secs must be at least 1 (default 30)");
+        }
+        c.request_timeout = Duration::from_secs(s);
+    }
+    match (raw.rate_limit_per_second, raw.rate_limit_burst) {
+        (Some(r), _) if r == 0.0 => c.rate_limit = None,
+        (Some(r), _) if !(r > 0.0 && r.is_finite()) => {
+            bail!("gateway.rate_limit_per_second = {r}: use a positive number, or 0 for no limit")
+        }
+        (r, b) => {
+            if let Some(l) = &mut c.rate_limit {
+                if let Some(r) = r {
+                    l.per_second = r;
+                }
+                if let Some(b) = b {
+                    if b == 0 {
+                        bail!("gateway.rate_limit_burst must be at least 1 (default 200)");
+                    }
+                    l.burst = f64::from(b);
+                }
+            }
+        }
+    }
+    if let Some(t) = raw.trust_forwarded_for {
+        c.trust_forwarded_for = t;
+    }
+    Ok(Some((listen, c)))
 }
 
 fn validate_blobs(

@@ -117,6 +117,15 @@ struct MirrorArgs {
     /// Resolve did:web:localhost over plain http (tests only).
     #[arg(long, env = "BARN_ALLOW_HTTP_LOCALHOST", hide = true)]
     allow_http_localhost: bool,
+    /// Where `barn serve`'s XRPC gateway listens (default 127.0.0.1:2480;
+    /// 0.0.0.0:2480 to serve other machines).
+    #[arg(long, env = "BARN_LISTEN")]
+    listen: Option<String>,
+    /// The operator's bearer token for the gateway (history, past
+    /// revisions, inactive accounts). From the environment only, so that
+    /// it never shows in `ps`.
+    #[arg(skip = std::env::var("BARN_ADMIN_TOKEN").ok())]
+    admin_token: Option<String>,
 }
 
 /// `barn backfill`: the mirror's settings, and when to give up.
@@ -147,6 +156,13 @@ impl MirrorArgs {
             allow_http_localhost: self.allow_http_localhost.then_some(true),
             mirror: None,
             blobs: None,
+            gateway: (self.listen.is_some() || self.admin_token.is_some()).then(|| {
+                config::RawGateway {
+                    listen: self.listen,
+                    admin_token: self.admin_token,
+                    ..Default::default()
+                }
+            }),
         };
         let mut raw = file.merge(flags);
         if let Some(dir) = self.blob_dir {

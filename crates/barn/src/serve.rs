@@ -25,6 +25,10 @@ pub struct Running {
     pub untracked: Vec<(String, String)>,
     /// The blob workers, unless blobs are off.
     pub blobs: Option<BlobWorkers>,
+    /// The blob storage the workers write (the gateway reads it).
+    pub blob_storage: Option<BlobStorage>,
+    /// The identity resolver the mirror uses.
+    pub resolver: Resolver,
 }
 
 /// Runs the mirror with `config` until a termination signal, then stops
@@ -35,6 +39,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
     let store = open_store(&config)?;
     let running = start(&config, store).await?;
+    let gateway = match &config.gateway {
+        Some((listen, gw_config)) => Some(start_gateway(&running, *listen, gw_config).await?),
+        None => None,
+    };
     tracing::info!(
         data_dir = %config.data_dir.display(),
         hosts = ?config.hosts,
@@ -42,7 +50,52 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         "barn is running"
     );
     signals.recv().await;
-    stop(&running).await
+    // Intake first (the mirror flushes), then the gateway: requests under
+    // way get a few seconds to finish.
+    let stopped = stop(&running).await;
+    if let Some((tx, task)) = gateway {
+        let _ = tx.send(());
+        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("gateway requests still under way after 5 s; leaving them");
+        }
+    }
+    stopped
+}
+
+/// Binds the XRPC gateway and serves it until the returned sender fires.
+async fn start_gateway(
+    running: &Running,
+    listen: std::net::SocketAddr,
+    config: &barn_xrpc::GatewayConfig,
+) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+    let gateway = barn_xrpc::Gateway::new(
+        running.store.clone(),
+        running.blob_storage.clone(),
+        running.resolver.clone(),
+        config.clone(),
+        Some(running.registry.clone()),
+    )
+    .context("starting the XRPC gateway")?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("gateway.listen: cannot listen on {listen} (in use? another barn?); set another with --listen or BARN_LISTEN")
+    })?;
+    let local = listener.local_addr().context("gateway address")?;
+    tracing::info!(
+        url = %format!("http://{local}"),
+        service_did = %config.service_did,
+        admin = config.admin_token.is_some(),
+        "gateway listening"
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = rx.await;
+        };
+        if let Err(e) = gateway.serve(listener, shutdown).await {
+            tracing::error!(error = %e, "gateway stopped");
+        }
+    });
+    Ok((tx, task))
 }
 
 /// Opens (or creates) the store under the config's data directory.
@@ -74,9 +127,11 @@ pub async fn start(config: &Config, store: Arc<Store>) -> anyhow::Result<Running
 
     // Blob storage first: a misconfigured bucket stops start-up before any
     // host is followed.
+    let mut blob_storage = None;
     let blobs = match &config.blobs {
         Some((blob_config, storage)) => {
             let storage = BlobStorage::open(storage).context("opening blob storage")?;
+            blob_storage = Some(storage.clone());
             let blob_metrics =
                 barn_blobs::Metrics::registered(&registry).context("registering blob metrics")?;
             tracing::info!(%storage, "blobs go to");
@@ -87,7 +142,12 @@ pub async fn start(config: &Config, store: Arc<Store>) -> anyhow::Result<Running
         }
         None => None,
     };
-    let mirror = Mirror::new(store.clone(), resolver, config.mirror.clone(), metrics);
+    let mirror = Mirror::new(
+        store.clone(),
+        resolver.clone(),
+        config.mirror.clone(),
+        metrics,
+    );
     if let Some(workers) = &blobs {
         // Every durable group commit may have queued blobs: look now
         // rather than at the next poll.
@@ -120,6 +180,8 @@ pub async fn start(config: &Config, store: Arc<Store>) -> anyhow::Result<Running
         registry,
         untracked,
         blobs,
+        blob_storage,
+        resolver,
     })
 }
 

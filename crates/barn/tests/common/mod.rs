@@ -23,6 +23,9 @@ where
             "BARN_LOG",
             std::env::var("BARN_TEST_BARN_LOG").unwrap_or_else(|_| "info".into()),
         )
+        // Tests run side by side: each gateway on a port of its own (the
+        // log says which).
+        .env("BARN_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -72,6 +75,7 @@ where
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_barn"));
     cmd.args(args)
         .env_remove("BARN_LOG")
+        .env("BARN_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -156,6 +160,24 @@ pub async fn wait_running(log: &Path, before: usize) {
             "barn never started:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The gateway URL of the barn run that logged "gateway listening" for the
+/// `(before + 1)`th time in `log`.
+pub async fn gateway_url(log: &Path, before: usize) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().filter(|l| l.contains("gateway listening")).nth(before) {
+            let url = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("url="))
+                .expect("url= in the gateway line");
+            return url.trim_matches('"').to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no gateway line:\n{text}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
