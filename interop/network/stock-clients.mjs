@@ -7,7 +7,7 @@
 //    "blobs":[{did, cid, ok, bytes, contentType, contentLength, error}],
 //    "restore": {...} | null}
 //
-//   node_modules/.bin/node stock-clients.mjs --source URL [--plc URL] \
+//   node_modules/.bin/node stock-clients.mjs --source URL [--source-token T] [--plc URL] \
 //     [--dids did1,did2,...] [--blobs did:cid,did:cid,...] \
 //     [--restore-did DID --restore-password PW --restore-handle H --restore-email E \
 //      --restore-from URL --restore-to URL]
@@ -105,6 +105,12 @@ class Checker {
     this.source = required(args, 'source')
     this.plc = args.plc === true ? undefined : args.plc
     this.agent = new AtpAgent({ service: this.source })
+    // --source-token: a bearer token sent to --source with every request
+    // (barn's operator token, to read accounts that are not active).
+    const token = args['source-token']
+    if (typeof token === 'string' && token !== '') {
+      this.agent.setHeader('authorization', `Bearer ${token}`)
+    }
     // globalThis.fetch: the default one refuses http:// and loopback hosts.
     this.resolver = this.plc
       ? new DidResolver({ plcUrl: this.plc, timeout: 10_000, fetch: globalThis.fetch })

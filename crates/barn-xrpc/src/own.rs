@@ -249,7 +249,7 @@ pub(crate) async fn get_backup_status(gw: &Gateway, req: &Req) -> Answer {
             };
             out["source"] = json!({ "cid": cid, "rev": rev, "checkedAt": iso(now) });
             out["behind"] = behind.into();
-            out["lagSeconds"] = (lag_ms as f64 / 1000.0).into();
+            out["lagMs"] = lag_ms.into();
         }
         Err(e) => {
             out["source"] = json!({ "error": e, "checkedAt": iso(now) });

@@ -31,7 +31,13 @@ async fn access_policy_holds_for_every_role() {
     common::set_status(&store, dora.did(), Some("deleted"));
     common::set_status(&store, tess.did(), Some("takendown"));
     common::set_status(&store, dean.did(), Some("deactivated"));
-    let dora_blob = common::stored_blob(&store, dir.path(), dora.did(), b"dora's picture", "image/png");
+    let dora_blob = common::stored_blob(
+        &store,
+        dir.path(),
+        dora.did(),
+        b"dora's picture",
+        "image/png",
+    );
     let first_rev = store.history(alice.did()).unwrap()[0].clone();
     let fx = Fixture::serve(fake, store, dir, common::config()).await;
 
@@ -77,7 +83,10 @@ async fn access_policy_holds_for_every_role() {
     // The deleted account, through every method that names an account.
     for (method, query) in [
         ("com.atproto.sync.getRepo", q(&[("did", dora.did())])),
-        ("com.atproto.sync.getLatestCommit", q(&[("did", dora.did())])),
+        (
+            "com.atproto.sync.getLatestCommit",
+            q(&[("did", dora.did())]),
+        ),
         ("com.atproto.sync.getRepoStatus", q(&[("did", dora.did())])),
         ("com.atproto.sync.listBlobs", q(&[("did", dora.did())])),
         (
@@ -106,7 +115,10 @@ async fn access_policy_holds_for_every_role() {
         });
     }
     for (acct, answer) in [(&tess, "RepoTakendown"), (&dean, "RepoDeactivated")] {
-        for method in ["com.atproto.sync.getRepo", "com.atproto.sync.getLatestCommit"] {
+        for method in [
+            "com.atproto.sync.getRepo",
+            "com.atproto.sync.getLatestCommit",
+        ] {
             calls.push(Call {
                 method,
                 query: q(&[("did", acct.did())]),
@@ -124,9 +136,17 @@ async fn access_policy_holds_for_every_role() {
         let m = call.method;
         let roles: Vec<(&str, Option<String>, (u16, &str))> = vec![
             ("anonymous", None, call.anonymous),
-            ("wrong token", Some("not-the-admin-token".into()), (401, "InvalidToken")),
+            (
+                "wrong token",
+                Some("not-the-admin-token".into()),
+                (401, "InvalidToken"),
+            ),
             ("admin", Some(ADMIN.into()), (200, "")),
-            ("owner", Some(jwt(owner, owner.did(), SERVICE_DID, Some(m), 60)), (200, "")),
+            (
+                "owner",
+                Some(jwt(owner, owner.did(), SERVICE_DID, Some(m), 60)),
+                (200, ""),
+            ),
             (
                 "owner of another DID",
                 Some(jwt(&bob, bob.did(), SERVICE_DID, Some(m), 60)),
@@ -139,12 +159,24 @@ async fn access_policy_holds_for_every_role() {
             ),
             (
                 "wrong aud",
-                Some(jwt(owner, owner.did(), "did:web:other.example", Some(m), 60)),
+                Some(jwt(
+                    owner,
+                    owner.did(),
+                    "did:web:other.example",
+                    Some(m),
+                    60,
+                )),
                 (401, "BadJwtAudience"),
             ),
             (
                 "wrong lxm",
-                Some(jwt(owner, owner.did(), SERVICE_DID, Some("com.atproto.sync.listRepos"), 60)),
+                Some(jwt(
+                    owner,
+                    owner.did(),
+                    SERVICE_DID,
+                    Some("com.atproto.sync.listRepos"),
+                    60,
+                )),
                 (401, "BadJwtLexiconMethod"),
             ),
             (
@@ -188,7 +220,9 @@ async fn access_policy_holds_for_every_role() {
 
     // The public view: active accounts are open; deleted ones are not
     // listed, inactive ones are listed as such.
-    let resp = fx.get("com.atproto.sync.getRepo", &[("did", alice.did())], None).await;
+    let resp = fx
+        .get("com.atproto.sync.getRepo", &[("did", alice.did())], None)
+        .await;
     assert_eq!(resp.status(), 200);
     let list: serde_json::Value = fx
         .get("com.atproto.sync.listRepos", &[], None)
@@ -218,10 +252,17 @@ async fn access_policy_holds_for_every_role() {
         .json()
         .await
         .unwrap();
-    assert!(all.to_string().contains(dora.did()), "the operator sees deleted accounts");
+    assert!(
+        all.to_string().contains(dora.did()),
+        "the operator sees deleted accounts"
+    );
     // The status of a takendown account is public, as on a PDS.
     let status: serde_json::Value = fx
-        .get("com.atproto.sync.getRepoStatus", &[("did", tess.did())], None)
+        .get(
+            "com.atproto.sync.getRepoStatus",
+            &[("did", tess.did())],
+            None,
+        )
         .await
         .json()
         .await

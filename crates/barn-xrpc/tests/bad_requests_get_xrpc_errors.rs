@@ -21,11 +21,41 @@ async fn bad_requests_get_the_right_xrpc_error_never_a_5xx() {
     let fx = Fixture::serve(fake, store, dir, common::config()).await;
     let did = alice.did();
     let cases: Vec<(&str, Vec<(&str, &str)>, Option<&str>, u16, &str)> = vec![
-        ("com.atproto.sync.getRepo", vec![("did", "not-a-did")], None, 400, "InvalidRequest"),
-        ("com.atproto.sync.getRepo", vec![("did", "did:plc:")], None, 400, "InvalidRequest"),
-        ("com.atproto.sync.getRepo", vec![], None, 400, "InvalidRequest"),
-        ("com.atproto.sync.getRepo", vec![("did", did), ("did", did)], None, 400, "InvalidRequest"),
-        ("com.atproto.sync.getRepo", vec![("did", did), ("since", "yesterday")], None, 400, "InvalidRequest"),
+        (
+            "com.atproto.sync.getRepo",
+            vec![("did", "not-a-did")],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.sync.getRepo",
+            vec![("did", "did:plc:")],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.sync.getRepo",
+            vec![],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.sync.getRepo",
+            vec![("did", did), ("did", did)],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.sync.getRepo",
+            vec![("did", did), ("since", "yesterday")],
+            None,
+            400,
+            "InvalidRequest",
+        ),
         (
             "com.atproto.sync.getRepo",
             vec![("did", "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa")],
@@ -33,40 +63,206 @@ async fn bad_requests_get_the_right_xrpc_error_never_a_5xx() {
             400,
             "RepoNotFound",
         ),
-        ("com.atproto.sync.listRepos", vec![("limit", "100000000000000000000")], None, 400, "InvalidRequest"),
-        ("com.atproto.sync.listRepos", vec![("limit", "1001")], None, 400, "InvalidRequest"),
-        ("com.atproto.sync.listRepos", vec![("limit", "-1")], None, 400, "InvalidRequest"),
-        ("com.atproto.sync.listRepos", vec![("cursor", "../../etc/passwd")], None, 400, "InvalidRequest"),
-        ("com.atproto.repo.listRecords", vec![("repo", did), ("collection", "com.example.thing"), ("limit", "101")], None, 400, "InvalidRequest"),
-        ("com.atproto.repo.listRecords", vec![("repo", did), ("collection", "../../x")], None, 400, "InvalidRequest"),
-        ("com.atproto.repo.getRecord", vec![("repo", did), ("collection", "com.example.thing"), ("rkey", "..")], None, 400, "InvalidRequest"),
-        ("com.atproto.repo.getRecord", vec![("repo", did), ("collection", "com.example.thing"), ("rkey", "nope")], None, 400, "RecordNotFound"),
-        ("com.atproto.repo.getRecord", vec![("repo", "nobody.test"), ("collection", "com.example.thing"), ("rkey", "x")], None, 400, "RepoNotFound"),
-        ("com.atproto.sync.getBlob", vec![("did", did), ("cid", "../../../etc/passwd")], None, 400, "InvalidRequest"),
+        (
+            "com.atproto.sync.listRepos",
+            vec![("limit", "100000000000000000000")],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.sync.listRepos",
+            vec![("limit", "1001")],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.sync.listRepos",
+            vec![("limit", "-1")],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.sync.listRepos",
+            vec![("cursor", "../../etc/passwd")],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.repo.listRecords",
+            vec![
+                ("repo", did),
+                ("collection", "com.example.thing"),
+                ("limit", "101"),
+            ],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.repo.listRecords",
+            vec![("repo", did), ("collection", "../../x")],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.repo.getRecord",
+            vec![
+                ("repo", did),
+                ("collection", "com.example.thing"),
+                ("rkey", ".."),
+            ],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.repo.getRecord",
+            vec![
+                ("repo", did),
+                ("collection", "com.example.thing"),
+                ("rkey", "nope"),
+            ],
+            None,
+            400,
+            "RecordNotFound",
+        ),
+        (
+            "com.atproto.repo.getRecord",
+            vec![
+                ("repo", "nobody.test"),
+                ("collection", "com.example.thing"),
+                ("rkey", "x"),
+            ],
+            None,
+            400,
+            "RepoNotFound",
+        ),
         (
             "com.atproto.sync.getBlob",
-            vec![("did", did), ("cid", "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")],
+            vec![("did", did), ("cid", "../../../etc/passwd")],
+            None,
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "com.atproto.sync.getBlob",
+            vec![
+                ("did", did),
+                (
+                    "cid",
+                    "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
+                ),
+            ],
             None,
             400,
             "BlobNotFound",
         ),
-        ("com.atproto.sync.getRecord", vec![("did", did), ("collection", "com.example.thing"), ("rkey", "absent")], None, 400, "RecordNotFound"),
-        ("dev.barn.sync.getRepoAt", vec![("did", did), ("rev", "3zzzzzzzzzzzz")], Some(ADMIN), 400, "RevisionNotFound"),
-        ("dev.barn.sync.getRepoAt", vec![("did", did), ("rev", "not-a-tid")], Some(ADMIN), 400, "InvalidRequest"),
-        ("dev.barn.sync.getRepoAt", vec![("did", did), ("at", "1990-01-01T00:00:00Z")], Some(ADMIN), 400, "RevisionNotFound"),
-        ("dev.barn.sync.getRepoAt", vec![("did", did), ("at", "2024-13-45T99:00:00Z")], Some(ADMIN), 400, "InvalidRequest"),
-        ("dev.barn.sync.getRepoAt", vec![("did", did), ("at", "2024-01-01T00:00:00Z"), ("rev", "3zzzzzzzzzzzz")], Some(ADMIN), 400, "InvalidRequest"),
-        ("dev.barn.sync.getRepoAt", vec![("did", did)], Some(ADMIN), 400, "InvalidRequest"),
-        ("dev.barn.sync.listCommits", vec![("did", did), ("limit", "0")], Some(ADMIN), 400, "InvalidRequest"),
-        ("dev.barn.sync.listCommits", vec![("did", did), ("cursor", "x".repeat(600).leak())], Some(ADMIN), 400, "InvalidRequest"),
-        ("dev.barn.backup.getStatus", vec![("did", "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa")], Some(ADMIN), 400, "RepoNotFound"),
-        ("com.atproto.server.createSession", vec![], None, 501, "MethodNotImplemented"),
-        ("com.atproto.repo.uploadBlob", vec![], None, 501, "MethodNotImplemented"),
+        (
+            "com.atproto.sync.getRecord",
+            vec![
+                ("did", did),
+                ("collection", "com.example.thing"),
+                ("rkey", "absent"),
+            ],
+            None,
+            400,
+            "RecordNotFound",
+        ),
+        (
+            "dev.barn.sync.getRepoAt",
+            vec![("did", did), ("rev", "3zzzzzzzzzzzz")],
+            Some(ADMIN),
+            400,
+            "RevisionNotFound",
+        ),
+        (
+            "dev.barn.sync.getRepoAt",
+            vec![("did", did), ("rev", "not-a-tid")],
+            Some(ADMIN),
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "dev.barn.sync.getRepoAt",
+            vec![("did", did), ("at", "1990-01-01T00:00:00Z")],
+            Some(ADMIN),
+            400,
+            "RevisionNotFound",
+        ),
+        (
+            "dev.barn.sync.getRepoAt",
+            vec![("did", did), ("at", "2024-13-45T99:00:00Z")],
+            Some(ADMIN),
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "dev.barn.sync.getRepoAt",
+            vec![
+                ("did", did),
+                ("at", "2024-01-01T00:00:00Z"),
+                ("rev", "3zzzzzzzzzzzz"),
+            ],
+            Some(ADMIN),
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "dev.barn.sync.getRepoAt",
+            vec![("did", did)],
+            Some(ADMIN),
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "dev.barn.sync.listCommits",
+            vec![("did", did), ("limit", "0")],
+            Some(ADMIN),
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "dev.barn.sync.listCommits",
+            vec![("did", did), ("cursor", "x".repeat(600).leak())],
+            Some(ADMIN),
+            400,
+            "InvalidRequest",
+        ),
+        (
+            "dev.barn.backup.getStatus",
+            vec![("did", "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa")],
+            Some(ADMIN),
+            400,
+            "RepoNotFound",
+        ),
+        (
+            "com.atproto.server.createSession",
+            vec![],
+            None,
+            501,
+            "MethodNotImplemented",
+        ),
+        (
+            "com.atproto.repo.uploadBlob",
+            vec![],
+            None,
+            501,
+            "MethodNotImplemented",
+        ),
     ];
     for (method, query, token, status, error) in &cases {
         let resp = fx.get(method, query, *token).await;
         let got = outcome(resp).await;
-        assert_eq!((got.0, got.1.as_str()), (*status, *error), "{method} {query:?}");
+        assert_eq!(
+            (got.0, got.1.as_str()),
+            (*status, *error),
+            "{method} {query:?}"
+        );
     }
 
     // Raw paths: traversal, odd method names, wrong HTTP methods.
@@ -79,30 +275,47 @@ async fn bad_requests_get_the_right_xrpc_error_never_a_5xx() {
         ("/xrpc/%00", 400, "InvalidRequest"),
         ("/etc/passwd", 404, "NotFound"),
     ] {
-        let resp = fx.http.get(format!("{}{path}", fx.url)).send().await.unwrap();
+        let resp = fx
+            .http
+            .get(format!("{}{path}", fx.url))
+            .send()
+            .await
+            .unwrap();
         let got = outcome(resp).await;
         assert_eq!((got.0, got.1.as_str()), (status, error), "GET {path}");
     }
     let resp = fx
         .http
-        .post(format!("{}/xrpc/com.atproto.sync.getRepo?did={did}", fx.url))
+        .post(format!(
+            "{}/xrpc/com.atproto.sync.getRepo?did={did}",
+            fx.url
+        ))
         .send()
         .await
         .unwrap();
     let got = outcome(resp).await;
-    assert_eq!((got.0, got.1.as_str()), (400, "InvalidRequest"), "POST to a query");
+    assert_eq!(
+        (got.0, got.1.as_str()),
+        (400, "InvalidRequest"),
+        "POST to a query"
+    );
     // A 60 kB query string (about the most a URI may hold) is an error,
     // not a crash.
     let huge = "a".repeat(60_000);
     let resp = fx
         .http
-        .get(format!("{}/xrpc/com.atproto.sync.getRepo?did={huge}", fx.url))
+        .get(format!(
+            "{}/xrpc/com.atproto.sync.getRepo?did={huge}",
+            fx.url
+        ))
         .send()
         .await
         .unwrap();
     assert!(resp.status().is_client_error(), "{}", resp.status());
     // Still serving.
-    let resp = fx.get("com.atproto.sync.getRepo", &[("did", did)], None).await;
+    let resp = fx
+        .get("com.atproto.sync.getRepo", &[("did", did)], None)
+        .await;
     assert_eq!(resp.status(), 200);
     let errors_5xx: u64 = ["InternalServerError"]
         .iter()
@@ -151,14 +364,20 @@ async fn rate_limit_and_car_slots_refuse_politely_and_recover() {
     let did = big.did();
 
     // One reader takes the only slot and stops reading.
-    let stalled = fx.get("com.atproto.sync.getRepo", &[("did", did)], None).await;
+    let stalled = fx
+        .get("com.atproto.sync.getRepo", &[("did", did)], None)
+        .await;
     assert_eq!(stalled.status(), 200);
-    let busy = fx.get("com.atproto.sync.getRepo", &[("did", did)], None).await;
+    let busy = fx
+        .get("com.atproto.sync.getRepo", &[("did", did)], None)
+        .await;
     assert_eq!(busy.headers().get("retry-after").unwrap(), "5");
     assert_eq!(outcome(busy).await, (503, "ServerBusy".into()));
     // The stalled reader's slot comes back after the stall timeout.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let again = fx.get("com.atproto.sync.getRepo", &[("did", did)], None).await;
+    let again = fx
+        .get("com.atproto.sync.getRepo", &[("did", did)], None)
+        .await;
     assert_eq!(again.status(), 200);
     let car = again.bytes().await.unwrap();
     assert!(car.len() > 20_000_000, "{} bytes", car.len());
@@ -170,7 +389,9 @@ async fn rate_limit_and_car_slots_refuse_politely_and_recover() {
     // Burst of 10 at 5/s: a tight loop of 30 gets refused, with Retry-After.
     let mut refused = 0;
     for _ in 0..30 {
-        let r = fx.get("com.atproto.sync.getLatestCommit", &[("did", did)], None).await;
+        let r = fx
+            .get("com.atproto.sync.getLatestCommit", &[("did", did)], None)
+            .await;
         if r.status() == 429 {
             assert!(r.headers().get("retry-after").is_some());
             assert_eq!(outcome(r).await.1, "RateLimitExceeded");
@@ -179,11 +400,18 @@ async fn rate_limit_and_car_slots_refuse_politely_and_recover() {
     }
     assert!(refused >= 10, "only {refused} of 30 refused");
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let r = fx.get("com.atproto.sync.getLatestCommit", &[("did", did)], None).await;
+    let r = fx
+        .get("com.atproto.sync.getLatestCommit", &[("did", did)], None)
+        .await;
     assert_eq!(r.status(), 200, "the bucket refills");
     // Health and metrics are not rate limited.
     for _ in 0..20 {
-        let r = fx.http.get(format!("{}/xrpc/_health", fx.url)).send().await.unwrap();
+        let r = fx
+            .http
+            .get(format!("{}/xrpc/_health", fx.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
 }

@@ -43,7 +43,10 @@ async fn past_revisions_by_rev_and_time_equal_the_source() {
             let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let resp = fx.get("dev.barn.sync.getRepoAt", &q, Some(ADMIN)).await;
             assert_eq!(resp.status(), 200, "{query:?}");
-            let rev = resp.headers()["atproto-repo-rev"].to_str().unwrap().to_owned();
+            let rev = resp.headers()["atproto-repo-rev"]
+                .to_str()
+                .unwrap()
+                .to_owned();
             (rev, resp.bytes().await.unwrap())
         }
     };
@@ -64,9 +67,15 @@ async fn past_revisions_by_rev_and_time_equal_the_source() {
         let q = [("did", did), ("at", before.as_str())];
         let resp = fx.get("dev.barn.sync.getRepoAt", &q, Some(ADMIN)).await;
         if i == 0 {
-            assert_eq!(common::outcome(resp).await, (400, "RevisionNotFound".into()));
+            assert_eq!(
+                common::outcome(resp).await,
+                (400, "RevisionNotFound".into())
+            );
         } else {
-            assert_eq!(resp.headers()["atproto-repo-rev"], captured[i - 1].0.as_str());
+            assert_eq!(
+                resp.headers()["atproto-repo-rev"],
+                captured[i - 1].0.as_str()
+            );
         }
     }
 
@@ -102,7 +111,11 @@ async fn past_revisions_by_rev_and_time_equal_the_source() {
     // since, and the nodes that prove them.
     let since = &captured[10].0;
     let resp = fx
-        .get("com.atproto.sync.getRepo", &[("did", did), ("since", since)], None)
+        .get(
+            "com.atproto.sync.getRepo",
+            &[("did", did), ("since", since)],
+            None,
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let diff = resp.bytes().await.unwrap();
@@ -112,7 +125,12 @@ async fn past_revisions_by_rev_and_time_equal_the_source() {
         .bytes()
         .await
         .unwrap();
-    assert!(diff.len() < full.len(), "diff {} vs full {}", diff.len(), full.len());
+    assert!(
+        diff.len() < full.len(),
+        "diff {} vs full {}",
+        diff.len(),
+        full.len()
+    );
     let file = barn_repo::car::read_car(diff, &Default::default()).unwrap();
     assert_eq!(*file.root().unwrap(), acct.head().unwrap().cid);
     let mut blocks = BlockMap::default();
@@ -125,7 +143,11 @@ async fn past_revisions_by_rev_and_time_equal_the_source() {
         for op in &e.ops {
             let found = barn_repo::mst::get(&blocks, &acct.head().unwrap().data, &op.path).unwrap();
             assert_eq!(found, op.cid, "{} not proven by the diff", op.path);
-            assert!(blocks.contains(&op.cid.unwrap()), "{} record missing", op.path);
+            assert!(
+                blocks.contains(&op.cid.unwrap()),
+                "{} record missing",
+                op.path
+            );
             checked += 1;
         }
     }
@@ -133,7 +155,11 @@ async fn past_revisions_by_rev_and_time_equal_the_source() {
     // And nothing older: no record created at or before `since`.
     for e in history.iter().filter(|e| e.rev.as_str() <= since.as_str()) {
         for op in &e.ops {
-            assert!(!blocks.contains(&op.cid.unwrap()), "old record {} in the diff", op.path);
+            assert!(
+                !blocks.contains(&op.cid.unwrap()),
+                "old record {} in the diff",
+                op.path
+            );
         }
     }
 }

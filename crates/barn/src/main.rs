@@ -246,8 +246,12 @@ fn init_logging<W>(default: &str, writer: W)
 where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(writer)
+        // Colours for people at a terminal; plain text for files and
+        // journald, where escape codes are noise.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BARN_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),

@@ -55,7 +55,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let stopped = stop(&running).await;
     if let Some((tx, task)) = gateway {
         let _ = tx.send(());
-        if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
             tracing::warn!("gateway requests still under way after 5 s; leaving them");
         }
     }
@@ -67,7 +70,10 @@ async fn start_gateway(
     running: &Running,
     listen: std::net::SocketAddr,
     config: &barn_xrpc::GatewayConfig,
-) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
     let gateway = barn_xrpc::Gateway::new(
         running.store.clone(),
         running.blob_storage.clone(),

@@ -7,8 +7,7 @@ use barn_blobs::{BlobStorage, StorageConfig};
 use barn_identity::{Resolver, ResolverConfig};
 use barn_repo::Cid;
 use barn_store::{
-    Batch, BlobHint, BlobOutcome, CommitEntry, Op, OpAction, RepoState, Source, Store,
-    StoreOptions,
+    Batch, BlobHint, BlobOutcome, CommitEntry, Op, OpAction, RepoState, Source, Store, StoreOptions,
 };
 use barn_testkit::{DraftCommit, DraftOptions, FakeAccount, FakePds};
 use barn_xrpc::{Gateway, GatewayConfig};
@@ -48,7 +47,8 @@ impl Fixture {
     pub async fn new() -> (FakePds, Arc<Store>, tempfile::TempDir) {
         let fake = FakePds::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("store"), &StoreOptions::default()).unwrap());
+        let store =
+            Arc::new(Store::open(&dir.path().join("store"), &StoreOptions::default()).unwrap());
         (fake, store, dir)
     }
 
@@ -69,8 +69,14 @@ impl Fixture {
         })
         .unwrap();
         let registry = prometheus::Registry::new();
-        let gateway =
-            Gateway::new(store.clone(), Some(storage), resolver, config, Some(registry)).unwrap();
+        let gateway = Gateway::new(
+            store.clone(),
+            Some(storage),
+            resolver,
+            config,
+            Some(registry),
+        )
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -158,7 +164,10 @@ pub fn store_draft(store: &Store, host: &str, acct: &FakeAccount, draft: &DraftC
             chunked: None,
         },
     );
-    let mut state = store.repo(did).unwrap().unwrap_or_else(|| RepoState::new(host));
+    let mut state = store
+        .repo(did)
+        .unwrap()
+        .unwrap_or_else(|| RepoState::new(host));
     state.advance(draft.event.commit, draft.event.rev.clone(), draft.data);
     batch.set_repo(did, state);
     store.write(batch).unwrap();
@@ -203,7 +212,13 @@ pub fn set_status(store: &Store, did: &str, status: Option<&str>) {
 
 /// Puts `bytes` in the local blob directory under `dir` as a stored blob
 /// referenced by `did`.
-pub fn stored_blob(store: &Store, dir: &std::path::Path, did: &str, bytes: &[u8], mime: &str) -> Cid {
+pub fn stored_blob(
+    store: &Store,
+    dir: &std::path::Path,
+    did: &str,
+    bytes: &[u8],
+    mime: &str,
+) -> Cid {
     let cid = barn_repo::cid_for_raw(bytes);
     let path = blob_dir(dir).join(BlobStorage::key(&cid).as_ref());
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -231,7 +246,13 @@ pub fn stored_blob(store: &Store, dir: &std::path::Path, did: &str, bytes: &[u8]
 }
 
 /// A service auth JWT signed with `acct`'s key.
-pub fn jwt(acct: &FakeAccount, iss: &str, aud: &str, lxm: Option<&str>, exp_in_secs: i64) -> String {
+pub fn jwt(
+    acct: &FakeAccount,
+    iss: &str,
+    aud: &str,
+    lxm: Option<&str>,
+    exp_in_secs: i64,
+) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -259,7 +280,13 @@ pub async fn outcome(resp: reqwest::Response) -> (u16, String) {
         return (200, String::new());
     }
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    (status, body["error"].as_str().unwrap_or("<no error name>").to_owned())
+    (
+        status,
+        body["error"]
+            .as_str()
+            .unwrap_or("<no error name>")
+            .to_owned(),
+    )
 }
 
 pub fn car_root(car: &Bytes) -> Cid {

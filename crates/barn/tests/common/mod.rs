@@ -170,14 +170,21 @@ pub async fn gateway_url(log: &Path, before: usize) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text.lines().filter(|l| l.contains("gateway listening")).nth(before) {
+        if let Some(line) = text
+            .lines()
+            .filter(|l| l.contains("gateway listening"))
+            .nth(before)
+        {
             let url = line
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("url="))
                 .expect("url= in the gateway line");
             return url.trim_matches('"').to_owned();
         }
-        assert!(std::time::Instant::now() < deadline, "no gateway line:\n{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no gateway line:\n{text}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
