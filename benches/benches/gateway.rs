@@ -18,6 +18,7 @@
 //!
 //! `BARN_GATEWAY_SECONDS` (default 10): each load phase of part 1.
 //! `BARN_GATEWAY_BIG` (default 1100000000): part 2's CAR size; 0 skips it.
+//! `BARN_GATEWAY_SKIP_PDS`: skip part 1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, Write};
@@ -81,7 +82,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    clients_rt.block_on(versus_pds(&server_rt, Duration::from_secs(seconds)));
+    if std::env::var_os("BARN_GATEWAY_SKIP_PDS").is_none() {
+        clients_rt.block_on(versus_pds(&server_rt, Duration::from_secs(seconds)));
+    }
     if big > 0 {
         clients_rt.block_on(big_repo(big));
     }
@@ -153,7 +156,8 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut bytes = 0u64;
-            while started.elapsed() < duration {
+            // At least one request each, however short the phase.
+            while lat.is_empty() || started.elapsed() < duration {
                 let t = Instant::now();
                 let mut r = http.get(&url).query(&query);
                 if let Some(tok) = token {
@@ -201,7 +205,7 @@ async fn import(store: &Arc<Store>, did: &str, key: PublicKey, host: &str, car: 
         source: Source::Resync,
         reason: "bench".into(),
     };
-    import_car(
+    let report = import_car(
         store.clone(),
         request,
         std::io::Cursor::new(car.to_vec()),
@@ -209,6 +213,19 @@ async fn import(store: &Arc<Store>, did: &str, key: PublicKey, host: &str, car: 
     )
     .await
     .unwrap();
+    set_head(store, did, host, &report);
+}
+
+/// What the mirror's host task does after an import: the repo's head.
+fn set_head(store: &Store, did: &str, host: &str, report: &barn_mirror::ImportReport) {
+    let mut state = store
+        .repo(did)
+        .unwrap()
+        .unwrap_or_else(|| RepoState::new(host));
+    state.advance(report.head.cid, report.head.rev.clone(), report.head.data);
+    let mut batch = barn_store::Batch::new();
+    batch.set_repo(did, state);
+    store.write(batch).unwrap();
 }
 
 async fn versus_pds(server_rt: &tokio::runtime::Runtime, duration: Duration) {
@@ -323,11 +340,13 @@ async fn versus_pds(server_rt: &tokio::runtime::Runtime, duration: Duration) {
         None,
     )
     .unwrap();
-    let listener = server_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let barn = format!("http://{}", listener.local_addr().unwrap());
-    server_rt.spawn(gateway.serve(listener, std::future::pending()));
+    server_rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        gateway.serve(listener, std::future::pending()).await
+    });
 
     // Same repo on both sides, checked before anything is timed.
     let barn_car = http
@@ -488,6 +507,7 @@ async fn big_repo(size: u64) {
         .await
         .unwrap();
         eprintln!("imported in {:.1} s: {report:?}", t.elapsed().as_secs_f64());
+        set_head(&store, DID, "https://pds.bench", &report);
         store.sync().unwrap();
         drop(store);
         std::fs::write(&stamp, b"").unwrap();

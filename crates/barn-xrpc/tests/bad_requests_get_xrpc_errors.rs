@@ -414,4 +414,22 @@ async fn rate_limit_and_car_slots_refuse_politely_and_recover() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+    // The Prometheus page says what happened, by method and answer.
+    let text = fx
+        .http
+        .get(format!("{}/metrics", fx.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"barn_xrpc_requests_total{answer="RateLimitExceeded",method="com.atproto.sync.getLatestCommit"}"#,
+        r#"barn_xrpc_requests_total{answer="ServerBusy",method="com.atproto.sync.getRepo"}"#,
+        r#"barn_xrpc_rejected_total{reason="busy"}"#,
+        r#"barn_xrpc_car_bytes_total{kind="current"}"#,
+    ] {
+        assert!(text.contains(needle), "{needle} not in /metrics:\n{text}");
+    }
 }
