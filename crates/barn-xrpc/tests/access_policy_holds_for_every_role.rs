@@ -22,7 +22,7 @@ struct Call {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_policy_holds_for_every_role() {
-    let (fake, store, dir) = Fixture::new().await;
+    let (fake, store, dir) = Fixture::parts().await;
     let alice = common::account(&fake, &store, 801, 3, 2);
     let bob = common::account(&fake, &store, 802, 1, 1);
     let dora = common::account(&fake, &store, 803, 2, 2);

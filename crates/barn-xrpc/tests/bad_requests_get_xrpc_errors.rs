@@ -16,11 +16,19 @@ use common::{ADMIN, Fixture, outcome};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_xrpc_error_never_a_5xx() {
-    let (fake, store, dir) = Fixture::new().await;
+    let (fake, store, dir) = Fixture::parts().await;
     let alice = common::account(&fake, &store, 811, 2, 3);
     let fx = Fixture::serve(fake, store, dir, common::config()).await;
     let did = alice.did();
-    let cases: Vec<(&str, Vec<(&str, &str)>, Option<&str>, u16, &str)> = vec![
+    /// (method, query, token, status, error name)
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "com.atproto.sync.getRepo",
             vec![("did", "not-a-did")],
@@ -326,7 +334,7 @@ async fn bad_requests_get_the_right_xrpc_error_never_a_5xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_and_car_slots_refuse_politely_and_recover() {
-    let (fake, store, dir) = Fixture::new().await;
+    let (fake, store, dir) = Fixture::parts().await;
     // ~24 MB of records: more than socket buffers and the channel hold,
     // so an unread CAR keeps its slot.
     let mut big = barn_testkit::FakeAccount::new(&barn_testkit::FakeAccount::plc_did(821), 821);

@@ -87,7 +87,7 @@ fn declared_errors(doc: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_methods_answer_what_their_lexicons_declare() {
-    let (fake, store, dir) = Fixture::new().await;
+    let (fake, store, dir) = Fixture::parts().await;
     let alice = common::account(&fake, &store, 841, 4, 3);
     common::stored_blob(&store, dir.path(), alice.did(), b"a picture", "image/png");
     // A blob the source would not give: listed as missing, with a reason.

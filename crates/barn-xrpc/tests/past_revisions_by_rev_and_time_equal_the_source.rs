@@ -15,7 +15,7 @@ use common::{ADMIN, Fixture};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_revisions_by_rev_and_time_equal_the_source() {
-    let (fake, store, dir) = Fixture::new().await;
+    let (fake, store, dir) = Fixture::parts().await;
     let mut acct = FakeAccount::new(&FakeAccount::plc_did(831), 831);
     let mut captured: Vec<(String, Bytes)> = Vec::new();
     for seq in 0..25 {

@@ -336,12 +336,14 @@ fn validate_gateway(
     let listen: std::net::SocketAddr = listen_text.parse().with_context(|| {
         format!("gateway.listen = {listen_text:?}: write an address and port like 127.0.0.1:2480 or 0.0.0.0:2480")
     })?;
-    let mut c = barn_xrpc::GatewayConfig::default();
-    c.service_did = match raw.service_did {
-        Some(d) => d,
-        // did:web of the listen address: right for a local barn; a public
-        // one sets its own.
-        None => format!("did:web:localhost%3A{}", listen.port()),
+    let mut c = barn_xrpc::GatewayConfig {
+        service_did: match raw.service_did {
+            Some(d) => d,
+            // did:web of the listen address: right for a local barn; a
+            // public one sets its own.
+            None => format!("did:web:localhost%3A{}", listen.port()),
+        },
+        ..barn_xrpc::GatewayConfig::default()
     };
     if barn_repo::syntax::Did::validate(&c.service_did).is_err() {
         bail!(
@@ -392,7 +394,7 @@ fn validate_gateway(
         c.request_timeout = Duration::from_secs(s);
     }
     match (raw.rate_limit_per_second, raw.rate_limit_burst) {
-        (Some(r), _) if r == 0.0 => c.rate_limit = None,
+        (Some(0.0), _) => c.rate_limit = None,
         (Some(r), _) if !(r > 0.0 && r.is_finite()) => {
             bail!("gateway.rate_limit_per_second = {r}: use a positive number, or 0 for no limit")
         }

@@ -44,7 +44,7 @@ pub fn blob_dir(dir: &std::path::Path) -> std::path::PathBuf {
 impl Fixture {
     /// An empty store and a fake PDS (whose PLC endpoint resolves the
     /// accounts' keys); the gateway starts with [`Fixture::serve`].
-    pub async fn new() -> (FakePds, Arc<Store>, tempfile::TempDir) {
+    pub async fn parts() -> (FakePds, Arc<Store>, tempfile::TempDir) {
         let fake = FakePds::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store =
