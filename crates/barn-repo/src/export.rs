@@ -6,7 +6,7 @@
 //! - **Full export**: the commit, every MST node, every record: what
 //!   `getRepo` without `since` returns.
 //! - **Diff export**: the commit, then only the nodes on the way to the
-//!   keys that changed, and the records now at those keys: a superset of
+//!   keys that changed (their bounds included), and the records now at those keys: a superset of
 //!   the blocks that are new since an older revision, which is what
 //!   `getRepo?since=` promises.
 //!
@@ -102,19 +102,22 @@ impl<S: BlockSource> RepoBlocks<S> {
         self.source.get_block(cid)?.ok_or(Error::MissingBlock(*cid))
     }
 
-    /// Whether a changed key lies strictly between `lo` and `hi`.
+    /// Whether a changed key lies between `lo` and `hi`, bounds included:
+    /// a key inserted at a higher layer splits the nodes below it into
+    /// halves whose ranges end exactly at that key, and those halves are
+    /// new blocks.
     fn wanted(&self, lo: Option<&[u8]>, hi: Option<&[u8]>) -> bool {
         let Some(only) = &self.only else {
             return true;
         };
         let start = match lo {
-            Some(lo) => only.partition_point(|k| k.as_slice() <= lo),
+            Some(lo) => only.partition_point(|k| k.as_slice() < lo),
             None => 0,
         };
         match (only.get(start), hi) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(k), Some(hi)) => k.as_slice() < hi,
+            (Some(k), Some(hi)) => k.as_slice() <= hi,
         }
     }
 
@@ -319,6 +322,56 @@ mod tests {
             out.len(),
             blocks.len()
         );
+    }
+
+    /// Every block of the new tree that the old tree lacks is in the diff,
+    /// whatever layers the changed keys sit on (keys on high layers split
+    /// the nodes below them).
+    #[test]
+    fn diff_export_holds_every_block_the_old_tree_lacks() {
+        let (blocks, commit, new_root, records) = tree(2000);
+        for changed in [
+            vec![7usize],
+            vec![0, 1999],
+            (0..2000).step_by(97).collect::<Vec<_>>(),
+        ] {
+            // The old tree: the same records minus the changed ones.
+            let mut old = Mst::empty(BlockMap::default());
+            for (i, (k, c)) in records.iter().enumerate() {
+                if !changed.contains(&i) {
+                    old.insert(k, *c).unwrap();
+                }
+            }
+            let old_root = old.root_cid();
+            let mut old_blocks = blocks.clone();
+            old_blocks.extend(old.take_new_blocks());
+            // (The old root stands in for a commit: skipped.)
+            let old_set: HashSet<Cid> = RepoBlocks::full(&old_blocks, old_root, old_root)
+                .skip(1)
+                .map(|b| b.unwrap().0)
+                .collect();
+            let keys: Vec<Vec<u8>> = changed
+                .iter()
+                .map(|i| records[*i].0.as_bytes().to_vec())
+                .collect();
+            let sent: HashSet<Cid> = RepoBlocks::diff(&blocks, commit, new_root, keys)
+                .map(|b| b.unwrap().0)
+                .collect();
+            let full: Vec<Cid> = RepoBlocks::full(&blocks, commit, new_root)
+                .map(|b| b.unwrap().0)
+                .collect();
+            for cid in &full {
+                let is_record = records.iter().any(|(_, c)| c == cid);
+                let new_record = changed.iter().any(|i| records[*i].1 == *cid);
+                let is_new_node = !is_record && !old_set.contains(cid);
+                if is_new_node || new_record {
+                    assert!(
+                        sent.contains(cid),
+                        "{cid} is new but not in the diff of {changed:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -218,18 +218,26 @@ impl Store {
     }
 
     /// The DID whose last seen handle is `handle` (case-insensitive), if
-    /// barn tracks one. A scan of every repo: handles are not indexed.
+    /// barn tracks one; an active account before an inactive one that
+    /// once had the handle. A scan of every repo: handles are not indexed.
     pub fn did_for_handle(&self, handle: &str) -> Result<Option<String>> {
-        for (did, state) in self.repos()? {
+        let mut inactive = None;
+        for guard in self.repos.iter() {
+            let (k, v) = guard.into_inner()?;
+            let state: RepoState = decode("repo state", &v)?;
             if state
                 .handle
                 .as_deref()
                 .is_some_and(|h| h.eq_ignore_ascii_case(handle))
             {
-                return Ok(Some(did));
+                let did = String::from_utf8_lossy(&k).into_owned();
+                if state.active {
+                    return Ok(Some(did));
+                }
+                inactive.get_or_insert(did);
             }
         }
-        Ok(None)
+        Ok(inactive)
     }
 
     /// Whether `did`'s records ever referenced blob `cid`.

@@ -50,6 +50,10 @@ impl Caller {
     }
 }
 
+/// Longest a service JWT may still live: an hour (what a PDS's
+/// `getServiceAuth` grants at most for a method) plus clock skew.
+const MAX_LIFETIME_SECS: i64 = 3600 + 300;
+
 /// Longest token accepted (a service JWT is a few hundred bytes).
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 
@@ -159,6 +163,12 @@ pub(crate) fn parse_service_jwt(
         .map_err(|e| bad(ErrorCode::BadJwt, format!("JWT payload: {e}")))?;
     if payload.exp <= now_secs {
         return Err(bad(ErrorCode::JwtExpired, "JWT has expired"));
+    }
+    if payload.exp > now_secs + MAX_LIFETIME_SECS {
+        return Err(bad(
+            ErrorCode::BadJwt,
+            format!("JWT lives longer than {MAX_LIFETIME_SECS} s; ask for a shorter one"),
+        ));
     }
     if payload.aud != service_did {
         return Err(bad(

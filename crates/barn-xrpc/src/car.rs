@@ -16,6 +16,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -90,9 +91,14 @@ impl Gateway {
         let metrics = self.inner.metrics.clone();
         let stall = self.inner.config.car_stall_timeout;
         let handle = tokio::runtime::Handle::current();
+        // Set only once the last byte is handed over: a body that ends
+        // without it was cut, and must end in an error, not look whole.
+        let complete = Arc::new(AtomicBool::new(false));
+        let done = complete.clone();
         metrics.car_started();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _gauge = InFlight(metrics.clone());
             let mut out = Chunks {
                 buf: Vec::with_capacity(CHUNK + 4096),
                 tx,
@@ -106,6 +112,8 @@ impl Gateway {
                 Ok(()) => {
                     if out.flush_chunk().is_err() {
                         metrics.rejected("client_gone");
+                    } else {
+                        done.store(true, Ordering::Release);
                     }
                 }
                 Err(e) if is_client_gone(&e) => {
@@ -115,13 +123,35 @@ impl Gateway {
                 Err(e) => {
                     metrics.rejected("car_failed");
                     tracing::error!(error = %e, kind, "gateway: CAR export failed mid-stream");
-                    let _ = out.tx.blocking_send(Err(e));
+                    // Bounded like every send: a reader that stopped must
+                    // not hold the slot.
+                    let tx = &out.tx;
+                    let _ = out
+                        .handle
+                        .block_on(async { tokio::time::timeout(stall, tx.send(Err(e))).await });
                 }
             }
             metrics.car_bytes(kind, sent);
-            metrics.car_ended();
         });
-        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut ended = false;
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            if ended {
+                return std::task::Poll::Ready(None);
+            }
+            match rx.poll_recv(cx) {
+                std::task::Poll::Ready(None) => {
+                    ended = true;
+                    if complete.load(Ordering::Acquire) {
+                        std::task::Poll::Ready(None)
+                    } else {
+                        std::task::Poll::Ready(Some(Err(std::io::Error::other(
+                            "CAR export abandoned before its end",
+                        ))))
+                    }
+                }
+                other => other,
+            }
+        });
         let mut resp = (
             [(header::CONTENT_TYPE, CAR_TYPE)],
             Body::from_stream(stream),
@@ -133,6 +163,15 @@ impl Gateway {
             }
         }
         resp
+    }
+}
+
+/// Counts an export as under way until dropped (panics included).
+struct InFlight(Metrics);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.car_ended();
     }
 }
 

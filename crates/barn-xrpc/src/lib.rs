@@ -60,6 +60,10 @@ use auth::Caller;
 use limits::RateLimiter;
 use params::Params;
 
+/// A signature that fails against a cached key this old or older is
+/// checked again against a freshly resolved document.
+const KEY_REFRESH_AFTER: Duration = Duration::from_secs(60);
+
 /// The reverse-DNS namespace of barn's own methods (see `lexicons/`).
 pub const NAMESPACE: &str = "dev.barn";
 
@@ -224,9 +228,15 @@ impl Gateway {
         &self.inner.store
     }
 
-    /// Who the request's credentials say it is, checked for `method`;
-    /// `None` without credentials.
-    pub(crate) async fn authenticate(&self, req: &Req) -> Result<Option<Caller>, XrpcError> {
+    /// Who the request's credentials say it is, checked for `method` and
+    /// for the account `did` (an owner token for another account is
+    /// refused before its issuer is resolved: no lookups on behalf of
+    /// tokens that could not grant anything); `None` without credentials.
+    pub(crate) async fn authenticate(
+        &self,
+        req: &Req,
+        did: &str,
+    ) -> Result<Option<Caller>, XrpcError> {
         let Some(value) = req.headers.get(header::AUTHORIZATION) else {
             return Ok(None);
         };
@@ -241,6 +251,9 @@ impl Gateway {
             .map(|d| d.as_secs() as i64)
             .unwrap_or_default();
         let jwt = auth::parse_service_jwt(token, &self.inner.config.service_did, req.method, now)?;
+        if jwt.issuer != did {
+            return permit(Caller::Owner(jwt.issuer), did, &self.inner.metrics).map(Some);
+        }
         let bad_sig = |detail: String| XrpcError::new(ErrorCode::BadJwtSignature, detail);
         let check = |identity: &barn_identity::Identity| {
             if identity.signing_key.key_type() != jwt.key_type {
@@ -265,8 +278,12 @@ impl Gateway {
                     jwt.issuer
                 ))
             })?;
-        if check(&identity).is_err() {
-            // The owner may have rotated the key since it was cached.
+        if let Err(e) = check(&identity) {
+            // The owner may have rotated the key since it was cached; but
+            // a flood of bad tokens must not become a flood of lookups.
+            if identity.resolved_at.elapsed() < KEY_REFRESH_AFTER {
+                return Err(e);
+            }
             let fresh = self
                 .inner
                 .resolver
@@ -283,9 +300,21 @@ impl Gateway {
         Ok(Some(Caller::Owner(jwt.issuer)))
     }
 
+    /// Whether the request carries the admin token (nothing else is
+    /// looked at: for public methods where only the operator sees more).
+    pub(crate) fn is_admin(&self, req: &Req) -> bool {
+        let (Some(value), Some(admin)) = (
+            req.headers.get(header::AUTHORIZATION),
+            &self.inner.config.admin_token,
+        ) else {
+            return false;
+        };
+        auth::bearer(value.as_bytes()).is_ok_and(|t| auth::same_secret(t, admin))
+    }
+
     /// For methods only the operator and the owner of `did` may call.
     pub(crate) async fn restricted(&self, req: &Req, did: &str) -> Result<Caller, XrpcError> {
-        match self.authenticate(req).await? {
+        match self.authenticate(req, did).await? {
             None => {
                 self.inner.metrics.rejected("auth_required");
                 Err(XrpcError::new(
@@ -314,7 +343,7 @@ impl Gateway {
         if state.active {
             return Ok((state, None));
         }
-        match self.authenticate(req).await? {
+        match self.authenticate(req, did).await? {
             None => Err(status_error(did, &state)),
             Some(c) => {
                 let c = permit(c, did, &self.inner.metrics)?;
@@ -478,20 +507,39 @@ async fn not_found() -> Response {
 /// The client's address: the socket's, or the first `X-Forwarded-For`
 /// hop when configured to trust it.
 fn client_ip(gw: &Gateway, req: &Request) -> IpAddr {
+    // The last hop is the one the trusted proxy added; earlier ones are
+    // whatever the client wrote.
     if gw.inner.config.trust_forwarded_for
         && let Some(ip) = req
             .headers()
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok())
     {
-        return ip;
+        return bucket_of(ip);
     }
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    bucket_of(
+        req.extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+    )
+}
+
+/// An IPv6 client holds a whole /64: it is one bucket.
+fn bucket_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut seg = v6.segments();
+                seg[4..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(seg))
+            }
+        },
+        v4 => v4,
+    }
 }
 
 /// Around every request: the rate limit, the timeout, and the request

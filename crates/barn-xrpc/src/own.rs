@@ -259,7 +259,16 @@ pub(crate) async fn get_backup_status(gw: &Gateway, req: &Req) -> Answer {
     let mut counts = json!({ "referenced": 0, "stored": 0, "missing": 0, "queued": 0 });
     let mut missing = Vec::new();
     let mut n = [0u64; 4];
-    for (cid, b) in gw.store().account_blobs(&did)? {
+    // Every blob the account ever referenced: off the async threads.
+    let all = {
+        let (store, did) = (gw.store().clone(), did.clone());
+        tokio::task::spawn_blocking(move || store.account_blobs(&did))
+            .await
+            .map_err(|_| {
+                XrpcError::new(ErrorCode::InternalServerError, "blob count task failed")
+            })??
+    };
+    for (cid, b) in all {
         n[0] += 1;
         match b.status {
             BlobStatus::Stored => n[1] += 1,

@@ -79,10 +79,21 @@ pub(crate) async fn list_records(gw: &Gateway, req: &Req) -> Answer {
         .records_page(&did, &collection, cursor.as_deref(), limit, order)?;
     let mut records = Vec::with_capacity(page.len());
     for (rkey, cid) in &page {
+        // A record barn stored as received but cannot read has no JSON
+        // form: skipped (and logged), so the page and its cursor still
+        // come back.
+        let value = match record_json(gw, cid) {
+            Ok(v) => v,
+            Err(e) if e.code == ErrorCode::InternalServerError => return Err(e),
+            Err(e) => {
+                tracing::info!(did, %cid, error = %e, "gateway: listRecords skipped an unreadable record");
+                continue;
+            }
+        };
         records.push(json!({
             "uri": format!("at://{did}/{collection}/{rkey}"),
             "cid": cid.to_string(),
-            "value": record_json(gw, cid)?,
+            "value": value,
         }));
     }
     let mut out = json!({ "records": records });
@@ -98,7 +109,14 @@ pub(crate) async fn describe_repo(gw: &Gateway, req: &Req) -> Answer {
     let repo = req.params.at_identifier("repo")?;
     let did = gw.did_of(&repo)?;
     let (state, _) = gw.visible_repo(req, &did).await?;
-    let collections = gw.store().collections(&did)?;
+    let collections = {
+        let (store, did) = (gw.store().clone(), did.clone());
+        tokio::task::spawn_blocking(move || store.collections(&did))
+            .await
+            .map_err(|_| {
+                XrpcError::new(ErrorCode::InternalServerError, "collections task failed")
+            })??
+    };
     // The document as published now; when it cannot be had (the PLC
     // directory is unreachable), the DID alone, and the handle unconfirmed.
     let doc = match gw.inner.resolver.document(&did).await {

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::auth::Caller;
 use crate::car::{Plan, small_car};
 use crate::error::{ErrorCode, XrpcError};
 use crate::{Gateway, Req, repo_not_found};
@@ -52,7 +51,14 @@ pub(crate) async fn get_repo(gw: &Gateway, req: &Req) -> Answer {
     let (commit, rev, data) = head(&did, &state)?;
     let plan = match since {
         None => Plan::Full { commit, data },
-        Some(since) => diff_plan(gw, &did, &since, &rev, commit, data)?,
+        Some(since) => {
+            // Up to 1000 history entries and their ops: off the async
+            // threads.
+            let (gw2, did2, rev2) = (gw.clone(), did.clone(), rev.clone());
+            tokio::task::spawn_blocking(move || diff_plan(&gw2, &did2, &since, &rev2, commit, data))
+                .await
+                .map_err(|_| XrpcError::new(ErrorCode::InternalServerError, "diff task failed"))??
+        }
     };
     let kind = match plan {
         Plan::Full { .. } => "current",
@@ -151,7 +157,7 @@ pub(crate) async fn get_blob(gw: &Gateway, req: &Req) -> Answer {
         .params
         .cid("cid")?
         .ok_or_else(|| XrpcError::invalid("cid: required"))?;
-    gw.visible_repo(req, &did).await?;
+    let (_, privileged) = gw.visible_repo(req, &did).await?;
     let not_found = |why: &str| {
         XrpcError::new(
             ErrorCode::BlobNotFound,
@@ -217,7 +223,14 @@ pub(crate) async fn get_blob(gw: &Gateway, req: &Req) -> Answer {
         header::CONTENT_SECURITY_POLICY,
         "default-src 'none'; sandbox",
     );
-    set(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+    // Served on credentials (an inactive account): never from a shared
+    // cache to someone else.
+    if privileged.is_some() {
+        set(header::CACHE_CONTROL, "private, no-store");
+        set(header::VARY, "Authorization");
+    } else {
+        set(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+    }
     Ok(resp)
 }
 
@@ -265,8 +278,7 @@ pub(crate) async fn list_repos(gw: &Gateway, req: &Req) -> Answer {
         return Err(XrpcError::invalid("cursor: not one barn gave"));
     }
     // Credentials only matter here to see deleted accounts.
-    let admin = req.headers.contains_key(header::AUTHORIZATION)
-        && matches!(gw.authenticate(req).await?, Some(Caller::Admin));
+    let admin = gw.is_admin(req);
     let page = gw.store().repos_page(cursor.as_deref(), limit)?;
     let next = (page.len() == limit).then(|| page.last().map(|(d, _)| d.clone()));
     let repos: Vec<Value> = page
@@ -314,7 +326,10 @@ pub(crate) async fn get_repo_status(gw: &Gateway, req: &Req) -> Answer {
             .unwrap_or_else(|| "deactivated".into())
             .into();
     }
-    if let Some(rev) = &state.rev {
+    // As a PDS: the rev only while active.
+    if state.active
+        && let Some(rev) = &state.rev
+    {
         out["rev"] = rev.clone().into();
     }
     Ok(axum::Json(out).into_response())
