@@ -91,28 +91,9 @@ pub fn tid(micros: u64, clock_id: u64) -> String {
 }
 
 /// An RFC 3339 datetime (`2023-11-14T22:13:20.000Z`) for microseconds since
-/// the epoch.
+/// the epoch (millisecond precision).
 pub fn datetime(micros: u64) -> String {
-    let secs = micros / 1_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Days to civil date (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        micros / 1000 % 1000
-    )
+    barn_repo::syntax::Datetime::from_unix_millis((micros / 1000) as i64).into_string()
 }
 
 /// A generator of repository paths in time order: `collection/tid`, with

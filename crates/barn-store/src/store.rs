@@ -31,9 +31,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use barn_repo::BlockSource;
-use barn_repo::blocks::Recording;
 use barn_repo::car::CarWriter;
-use barn_repo::mst::MstWalker;
+use barn_repo::export::RepoBlocks;
 
 use crate::codec::{BlockCodec, Codec, DictionarySource};
 use crate::error::{Error, Result};
@@ -558,30 +557,14 @@ impl Store {
             }
         }
         .ok_or_else(|| Error::NotFound(format!("{did} at {rev:?}")))?;
-        let source = Recording::new(StoreBlocks(self));
-        let mut records = Vec::new();
-        for item in MstWalker::new(&source, &entry.data)? {
-            let (_, cid) = item?;
-            records.push(cid);
-        }
-        let nodes: BTreeSet<Cid> = source.seen().into_iter().collect();
+        // The gateway's walk, held whole: the commit, then the tree in
+        // CAR order with each record once.
         let mut w = CarWriter::new(Vec::new(), &[entry.cid]).map_err(barn_repo::Error::Io)?;
-        let mut write = |cid: &Cid| -> Result<()> {
-            let data = self
-                .block(cid)?
-                .ok_or(barn_repo::Error::MissingBlock(*cid))?;
-            w.write_block(cid, &data).map_err(barn_repo::Error::Io)?;
-            Ok(())
-        };
-        write(&entry.cid)?;
-        for cid in &nodes {
-            write(cid)?;
-        }
-        let mut written = nodes;
-        for cid in &records {
-            if written.insert(*cid) {
-                write(cid)?;
-            }
+        for block in
+            RepoBlocks::full(StoreBlocks(self), entry.cid, entry.data).with_dedupe_cap(usize::MAX)
+        {
+            let (cid, data) = block?;
+            w.write_block(&cid, &data).map_err(barn_repo::Error::Io)?;
         }
         Ok(w.finish().map_err(barn_repo::Error::Io)?)
     }

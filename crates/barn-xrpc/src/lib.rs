@@ -267,17 +267,18 @@ impl Gateway {
                 .verify(&jwt.signed, &jwt.signature)
                 .map_err(|e| bad_sig(format!("JWT signature does not verify: {e}")))
         };
+        let unresolved = |e: barn_identity::Error| {
+            bad_sig(format!(
+                "could not resolve the issuer {}'s key: {e}",
+                jwt.issuer
+            ))
+        };
         let identity = self
             .inner
             .resolver
             .resolve(&jwt.issuer)
             .await
-            .map_err(|e| {
-                bad_sig(format!(
-                    "could not resolve the issuer {}'s key: {e}",
-                    jwt.issuer
-                ))
-            })?;
+            .map_err(unresolved)?;
         if let Err(e) = check(&identity) {
             // The owner may have rotated the key since it was cached; but
             // a flood of bad tokens must not become a flood of lookups.
@@ -289,12 +290,7 @@ impl Gateway {
                 .resolver
                 .refresh(&jwt.issuer)
                 .await
-                .map_err(|e| {
-                    bad_sig(format!(
-                        "could not resolve the issuer {}'s key: {e}",
-                        jwt.issuer
-                    ))
-                })?;
+                .map_err(unresolved)?;
             check(&fresh)?;
         }
         Ok(Some(Caller::Owner(jwt.issuer)))

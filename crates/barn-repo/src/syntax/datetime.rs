@@ -72,6 +72,48 @@ impl Datetime {
             .and_then(|f| to_unix_micros(&f))
             .unwrap_or_default()
     }
+
+    /// The instant `millis` after the unix epoch, in UTC with millisecond
+    /// precision (`2026-11-18T11:06:40.123Z`), as atproto writes times.
+    pub fn from_unix_millis(millis: i64) -> Datetime {
+        Datetime(format_utc(
+            millis.div_euclid(1000),
+            millis.rem_euclid(1000),
+            3,
+        ))
+    }
+
+    /// The instant `micros` after the unix epoch, in UTC with microsecond
+    /// precision (`2026-11-18T11:06:40.123456Z`).
+    pub fn from_unix_micros(micros: i64) -> Datetime {
+        Datetime(format_utc(
+            micros.div_euclid(1_000_000),
+            micros.rem_euclid(1_000_000),
+            6,
+        ))
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.<fraction>Z` for `secs` since the epoch, the
+/// fraction written with `digits` digits. Days to the civil date in the
+/// proleptic Gregorian calendar (Howard Hinnant's algorithm).
+fn format_utc(secs: i64, fraction: i64, digits: usize) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction:0digits$}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+    )
 }
 
 /// Reads exactly `N` ASCII digits at `pos` as a number.
@@ -236,6 +278,30 @@ mod tests {
 
     fn micros(s: &str) -> i64 {
         Datetime::parse(s).unwrap().timestamp_micros()
+    }
+
+    #[test]
+    fn formatting_from_timestamps_round_trips() {
+        assert_eq!(
+            Datetime::from_unix_millis(0).as_str(),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            Datetime::from_unix_millis(951_782_400_123).as_str(),
+            "2000-02-29T00:00:00.123Z"
+        );
+        assert_eq!(
+            Datetime::from_unix_millis(1_795_000_000_000).as_str(),
+            "2026-11-18T11:06:40.000Z"
+        );
+        assert_eq!(
+            Datetime::from_unix_micros(-1).as_str(),
+            "1969-12-31T23:59:59.999999Z"
+        );
+        for us in [0i64, 1, -1, 951_782_400_123_456, 1_795_000_000_000_001] {
+            let d = Datetime::from_unix_micros(us);
+            assert_eq!(Datetime::parse(d.as_str()).unwrap().timestamp_micros(), us);
+        }
     }
 
     #[test]

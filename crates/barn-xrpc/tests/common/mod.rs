@@ -296,25 +296,7 @@ pub fn car_root(car: &Bytes) -> Cid {
 
 /// RFC 3339 with microseconds, UTC, for `micros` since the epoch.
 pub fn rfc3339_micros(micros: u64) -> String {
-    let secs = (micros / 1_000_000) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days to civil date (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        micros % 1_000_000
-    )
+    barn_repo::syntax::Datetime::from_unix_micros(micros as i64).into_string()
 }
 
 /// The testkit identity of a fake account (for `compare_cars`).
