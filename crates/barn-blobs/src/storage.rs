@@ -191,6 +191,16 @@ impl BlobStorage {
         }
     }
 
+    /// Deletes blob `cid` (an account's backup being removed); `false`
+    /// when it was not stored.
+    pub async fn delete(&self, cid: &Cid) -> Result<bool> {
+        match self.store.delete(&Self::key(cid)).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Blob `cid`, whole, if stored (for tools and tests: small blobs).
     pub async fn read(&self, cid: &Cid) -> Result<Option<Bytes>> {
         match self.store.get(&Self::key(cid)).await {

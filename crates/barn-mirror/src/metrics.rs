@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
 
 /// Handles to the mirror's metrics; cheap to clone.
 #[derive(Clone, Debug)]
@@ -23,6 +26,14 @@ pub struct Metrics {
     group_commit_revisions: Histogram,
     group_commit_seconds: Histogram,
     durable_latency_seconds: HistogramVec,
+    host_seq: IntGaugeVec,
+    host_cursor: IntGaugeVec,
+    host_lag_seq: IntGaugeVec,
+    host_lag_seconds: GaugeVec,
+    host_last_event: GaugeVec,
+    host_last_durable: GaugeVec,
+    backfill_repos: IntGaugeVec,
+    import_failures: IntCounterVec,
     /// The firehose client's own metrics, shared by every subscription.
     pub firehose: Option<barn_firehose::Metrics>,
 }
@@ -121,6 +132,52 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(0.0001, 2.0, 18)?),
                 &[],
             )?,
+            host_seq: int_gauge(
+                "barn_mirror_host_seq",
+                "Highest sequence number received from the host",
+                &["host"],
+            )?,
+            host_cursor: int_gauge(
+                "barn_mirror_host_cursor",
+                "The host's durable cursor: every event up to it is stored",
+                &["host"],
+            )?,
+            host_lag_seq: int_gauge(
+                "barn_mirror_host_lag_seq",
+                "Events received from the host and not yet durable (seq minus cursor)",
+                &["host"],
+            )?,
+            host_lag_seconds: GaugeVec::new(
+                Opts::new(
+                    "barn_mirror_host_lag_seconds",
+                    "From the host's event time to durable, for the last event of the last group commit",
+                ),
+                &["host"],
+            )?,
+            host_last_event: GaugeVec::new(
+                Opts::new(
+                    "barn_mirror_host_last_event_timestamp_seconds",
+                    "When the last event was received from the host (Unix time)",
+                ),
+                &["host"],
+            )?,
+            host_last_durable: GaugeVec::new(
+                Opts::new(
+                    "barn_mirror_host_last_durable_timestamp_seconds",
+                    "When the host's last group commit became durable (Unix time)",
+                ),
+                &["host"],
+            )?,
+            backfill_repos: int_gauge(
+                "barn_mirror_backfill_repos",
+                "Imports (backfill, resync, reconcile) by host and state (queued, importing)",
+                &["host", "state"],
+            )?,
+            import_failures: counter(
+                "barn_mirror_import_failures_total",
+                "Imports that failed (each retried later), by host",
+                &["host"],
+            )?,
             firehose: None,
         })
     }
@@ -152,6 +209,14 @@ impl Metrics {
         registry.register(Box::new(self.group_commit_revisions.clone()))?;
         registry.register(Box::new(self.group_commit_seconds.clone()))?;
         registry.register(Box::new(self.durable_latency_seconds.clone()))?;
+        registry.register(Box::new(self.host_seq.clone()))?;
+        registry.register(Box::new(self.host_cursor.clone()))?;
+        registry.register(Box::new(self.host_lag_seq.clone()))?;
+        registry.register(Box::new(self.host_lag_seconds.clone()))?;
+        registry.register(Box::new(self.host_last_event.clone()))?;
+        registry.register(Box::new(self.host_last_durable.clone()))?;
+        registry.register(Box::new(self.backfill_repos.clone()))?;
+        registry.register(Box::new(self.import_failures.clone()))?;
         Ok(())
     }
 
@@ -199,6 +264,39 @@ impl Metrics {
         self.group_commit_revisions.observe(revisions as f64);
         self.group_commit_seconds.observe(took.as_secs_f64());
     }
+    /// The per-host gauges, looked up once per host task.
+    pub(crate) fn host(&self, host: &str) -> HostGauges {
+        HostGauges {
+            seq: self.host_seq.with_label_values(&[host]),
+            cursor: self.host_cursor.with_label_values(&[host]),
+            lag_seq: self.host_lag_seq.with_label_values(&[host]),
+            lag_seconds: self.host_lag_seconds.with_label_values(&[host]),
+            last_event: self.host_last_event.with_label_values(&[host]),
+            last_durable: self.host_last_durable.with_label_values(&[host]),
+            queued: self.backfill_repos.with_label_values(&[host, "queued"]),
+            importing: self.backfill_repos.with_label_values(&[host, "importing"]),
+            import_failures: self.import_failures.with_label_values(&[host]),
+        }
+    }
+
+    /// Drops a host's gauges (it is no longer followed): a stale lag must
+    /// not keep an alert firing.
+    pub(crate) fn forget_host(&self, host: &str) {
+        for g in [&self.host_seq, &self.host_cursor, &self.host_lag_seq] {
+            let _ = g.remove_label_values(&[host]);
+        }
+        for g in [
+            &self.host_lag_seconds,
+            &self.host_last_event,
+            &self.host_last_durable,
+        ] {
+            let _ = g.remove_label_values(&[host]);
+        }
+        for state in ["queued", "importing"] {
+            let _ = self.backfill_repos.remove_label_values(&[host, state]);
+        }
+    }
+
     pub(crate) fn latency(&self, d: Duration) {
         self.durable_latency_seconds
             .with_label_values(&[] as &[&str])
@@ -278,6 +376,24 @@ impl Metrics {
     pub fn import_fetches(&self, kind: &str) -> u64 {
         sum_label(&self.import_fetches, "kind", Some(kind))
     }
+}
+
+fn int_gauge(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
+
+/// One host's gauges, resolved once (no label lookup per event).
+#[derive(Clone, Debug)]
+pub(crate) struct HostGauges {
+    pub(crate) seq: IntGauge,
+    pub(crate) cursor: IntGauge,
+    pub(crate) lag_seq: IntGauge,
+    pub(crate) lag_seconds: Gauge,
+    pub(crate) last_event: Gauge,
+    pub(crate) last_durable: Gauge,
+    pub(crate) queued: IntGauge,
+    pub(crate) importing: IntGauge,
+    pub(crate) import_failures: IntCounter,
 }
 
 fn sum_label(v: &IntCounterVec, label: &str, value: Option<&str>) -> u64 {

@@ -194,6 +194,8 @@ pub struct Durable {
     pub cursor: Option<i64>,
     /// Revisions it stored.
     pub revisions: usize,
+    /// Repos it advanced, with their new rev (at most 100 listed).
+    pub repos: Vec<(String, String)>,
 }
 
 /// How far a host's listing and imports are.
@@ -217,6 +219,15 @@ pub struct HostProgress {
     pub imports_failed: u64,
     /// The host's durable cursor.
     pub cursor: Option<i64>,
+    /// The highest seq received (0 when none yet).
+    pub seq: i64,
+    /// Events received and not yet durable.
+    pub lag_seq: i64,
+    /// The host's event time to durable, at the last group commit, ms.
+    pub lag_ms: u64,
+    /// When the last event was received, ms since the Unix epoch (0 when
+    /// never).
+    pub last_event_ms: u64,
 }
 
 /// Messages to a host task.
@@ -240,10 +251,15 @@ pub(crate) enum Control {
     ListDone,
     /// Start a listing pass (or queue one after the pass under way).
     StartPass(PassKind, String),
+    /// `did` is no longer followed: answer once nothing of it is pending,
+    /// being written or being imported.
+    Forget(String, oneshot::Sender<()>),
 }
 
 struct HostEntry {
     whole: bool,
+    /// Stops this host's task alone.
+    cancel: CancellationToken,
     accounts: Arc<Mutex<HashSet<String>>>,
     control: mpsc::UnboundedSender<Control>,
     progress: Arc<Mutex<HostProgress>>,
@@ -262,6 +278,12 @@ pub(crate) struct Inner {
     durable: broadcast::Sender<Durable>,
     /// Permits for imports, all hosts together.
     imports: Arc<Semaphore>,
+    /// Accounts the operator untracked: never followed, whatever host
+    /// they are on.
+    dropped: Mutex<HashSet<String>>,
+    /// Accounts tracked one by one (config or admin API): kept when their
+    /// host stops being tracked whole.
+    explicit: Mutex<HashSet<String>>,
 }
 
 /// The running mirror. Cheap to clone.
@@ -302,20 +324,148 @@ impl Mirror {
                 pool: Pool::new(config_threads),
                 durable: broadcast::channel(1024).0,
                 imports: Arc::new(Semaphore::new(max_imports)),
+                dropped: Mutex::new(HashSet::new()),
+                explicit: Mutex::new(HashSet::new()),
             }),
         }
     }
 
     /// Starts the host tasks: `whole_hosts` tracked whole, plus every host
     /// that stored repos name (tracked for those repos only).
+    ///
+    /// The operator's decisions through the admin API (stored) count too:
+    /// hosts added are tracked whole, accounts removed are not followed,
+    /// and repos of a host removed are followed only when tracked one by
+    /// one. `whole_hosts` (the config) are tracked whatever was decided.
     pub fn start(&self, whole_hosts: &[String]) -> Result<()> {
-        for host in whole_hosts {
+        let tracking = self.inner.store.tracking()?;
+        *lock(&self.inner.dropped) = tracking.dropped_accounts.iter().cloned().collect();
+        lock(&self.inner.explicit).extend(tracking.accounts.iter().cloned());
+        let config: HashSet<String> = whole_hosts.iter().map(|h| normalize_host(h)).collect();
+        for host in whole_hosts.iter().chain(&tracking.hosts) {
             self.track_host(host);
         }
+        let dropped_hosts: HashSet<String> = tracking
+            .dropped_hosts
+            .iter()
+            .map(|h| normalize_host(h))
+            .filter(|h| !config.contains(h))
+            .collect();
         for (did, state) in self.inner.store.repos()? {
+            if lock(&self.inner.dropped).contains(&did) {
+                continue;
+            }
+            if dropped_hosts.contains(&normalize_host(&state.host))
+                && !lock(&self.inner.explicit).contains(&did)
+            {
+                continue;
+            }
             self.inner.follow(&state.host, &did, None);
         }
         Ok(())
+    }
+
+    /// The operator adds `host`, tracked whole from now on and at every
+    /// start. `false` when it already was.
+    pub fn add_host(&self, host: &str) -> Result<bool> {
+        let host = normalize_host(host);
+        self.inner.store.set_host_tracked(&host, true)?;
+        let was = self.inner.lock_hosts().get(&host).is_some_and(|e| e.whole);
+        self.track_host(&host);
+        Ok(!was)
+    }
+
+    /// The operator removes `host`: no longer tracked whole, now or at the
+    /// next start. Accounts tracked one by one there stay followed; the
+    /// host's task stops when none is left. Returns whether it was
+    /// tracked whole, and how many accounts stay followed there.
+    pub async fn remove_host(&self, host: &str) -> Result<(bool, usize)> {
+        let host = normalize_host(host);
+        self.inner.store.set_host_tracked(&host, false)?;
+        let explicit = lock(&self.inner.explicit).clone();
+        let Some((was, kept, stop)) = self.inner.unwhole(&host, &explicit) else {
+            return Ok((false, 0));
+        };
+        if let Some(entry) = stop {
+            self.inner.stop_host(&host, entry).await;
+        }
+        Ok((was, kept))
+    }
+
+    /// The operator adds an account: tracked wherever it is hosted, now
+    /// and at every start (see [`Mirror::track_account`]). Returns its
+    /// PDS and whether it was new.
+    pub async fn add_account(&self, did: &str) -> Result<(String, bool)> {
+        let pds = self.track_account(did).await?;
+        self.inner.store.set_account_tracked(did, true)?;
+        Ok((pds, true))
+    }
+
+    /// The operator removes an account: no longer followed, now or at the
+    /// next start. Its backup is kept. Returns whether barn followed it.
+    pub async fn remove_account(&self, did: &str) -> Result<bool> {
+        let followed = self.follows(did);
+        self.inner.store.set_account_tracked(did, false)?;
+        lock(&self.inner.explicit).remove(did);
+        lock(&self.inner.dropped).insert(did.to_owned());
+        // Every task that may hold something of it lets go of it.
+        let (waits, stop) = self.inner.forget_everywhere(did);
+        for rx in waits {
+            let _ = rx.await;
+        }
+        for (host, entry) in stop {
+            self.inner.stop_host(&host, entry).await;
+        }
+        Ok(followed)
+    }
+
+    /// Removes everything barn holds of `did` (see
+    /// [`Store::delete_account`]), after it stops being followed.
+    pub async fn delete_account(&self, did: &str) -> Result<barn_store::DeleteReport> {
+        self.remove_account(did).await?;
+        let store = self.inner.store.clone();
+        let did = did.to_owned();
+        let report = tokio::task::spawn_blocking(move || store.delete_account(&did))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        Ok(report)
+    }
+
+    /// Fetches `did` from the host barn follows it on now (an import
+    /// since barn's head, or a full one), whatever the firehose said.
+    /// Returns that host.
+    pub async fn backup_account(&self, did: &str) -> Result<String> {
+        let host = match self.inner.store.repo(did)? {
+            Some(state) => normalize_host(&state.host),
+            None => {
+                let id = self.inner.resolver.refresh(did).await?;
+                crate::import::pds_of(&id)?
+            }
+        };
+        self.inner.follow(&host, did, Some("backup now".into()));
+        Ok(host)
+    }
+
+    /// Accounts tracked one by one.
+    pub fn tracked_accounts(&self) -> Vec<String> {
+        let mut out: Vec<String> = lock(&self.inner.explicit).iter().cloned().collect();
+        out.sort();
+        out
+    }
+
+    /// Whether barn follows `did` now.
+    pub fn follows(&self, did: &str) -> bool {
+        if lock(&self.inner.dropped).contains(did) {
+            return false;
+        }
+        let host = match self.inner.store.repo(did) {
+            Ok(Some(state)) => normalize_host(&state.host),
+            _ => return false,
+        };
+        self.inner
+            .lock_hosts()
+            .get(&host)
+            .is_some_and(|e| e.whole || lock(&e.accounts).contains(did))
     }
 
     /// Tracks every repo of `host`. A host barn has never listed is
@@ -344,6 +494,8 @@ impl Mirror {
     /// when it migrates, like every repo barn holds.
     pub async fn track_account(&self, did: &str) -> Result<String> {
         let id = self.inner.resolver.refresh(did).await?;
+        lock(&self.inner.dropped).remove(did);
+        lock(&self.inner.explicit).insert(did.to_owned());
         let pds = crate::import::pds_of(&id)?;
         // A repo barn already holds is followed where barn last saw it;
         // one it does not is imported from its PDS.
@@ -374,7 +526,15 @@ impl Mirror {
             .inner
             .lock_hosts()
             .values()
-            .map(|e| e.progress.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .map(|e| {
+                let mut p = lock(&e.progress).clone();
+                let g = self.inner.metrics.host(&p.host);
+                p.seq = g.seq.get();
+                p.lag_seq = g.lag_seq.get();
+                p.lag_ms = (g.lag_seconds.get() * 1000.0) as u64;
+                p.last_event_ms = (g.last_event.get() * 1000.0) as u64;
+                p
+            })
             .collect();
         out.sort_by(|a, b| a.host.cmp(&b.host));
         out
@@ -439,6 +599,7 @@ impl Inner {
         source: Option<mpsc::Receiver<Bytes>>,
     ) -> HostEntry {
         let (tx, rx) = mpsc::unbounded_channel();
+        let cancel = self.shutdown.child_token();
         let accounts = Arc::new(Mutex::new(HashSet::new()));
         let progress = Arc::new(Mutex::new(HostProgress {
             host: host.to_owned(),
@@ -452,6 +613,7 @@ impl Inner {
             accounts: accounts.clone(),
             me: tx.clone(),
             progress: progress.clone(),
+            cancel: cancel.clone(),
         };
         let task = tokio::spawn(async move {
             let h = link.host.clone();
@@ -462,6 +624,7 @@ impl Inner {
         });
         HostEntry {
             whole,
+            cancel,
             accounts,
             control: tx,
             progress,
@@ -493,12 +656,76 @@ impl Inner {
     }
 
     fn tracks(&self, host: &str, accounts: &Mutex<HashSet<String>>, did: &str) -> bool {
+        if lock(&self.dropped).contains(did) {
+            return false;
+        }
         let whole = self.lock_hosts().get(host).is_some_and(|e| e.whole);
-        whole
-            || accounts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(did)
+        whole || lock(accounts).contains(did)
+    }
+
+    /// Tells every host task to let go of `did`, and takes out the host
+    /// entries left with nothing to follow (for the caller to stop).
+    #[allow(clippy::type_complexity)]
+    fn forget_everywhere(
+        &self,
+        did: &str,
+    ) -> (Vec<oneshot::Receiver<()>>, Vec<(String, HostEntry)>) {
+        let mut hosts = self.lock_hosts();
+        let mut waits = Vec::new();
+        let mut stop = Vec::new();
+        for (host, entry) in hosts.iter() {
+            lock(&entry.accounts).remove(did);
+            let (tx, rx) = oneshot::channel();
+            if entry
+                .control
+                .send(Control::Forget(did.to_owned(), tx))
+                .is_ok()
+            {
+                waits.push(rx);
+            }
+            if !entry.whole && lock(&entry.accounts).is_empty() {
+                stop.push(host.clone());
+            }
+        }
+        let stop = stop
+            .into_iter()
+            .filter_map(|h| hosts.remove(&h).map(|e| (h, e)))
+            .collect();
+        (waits, stop)
+    }
+
+    /// Takes host `host` out of the map when it is left with nothing to
+    /// follow: not whole, and only `explicit` accounts kept. Returns
+    /// whether it was whole, how many accounts it keeps, and the entry
+    /// to stop.
+    fn unwhole(
+        &self,
+        host: &str,
+        explicit: &HashSet<String>,
+    ) -> Option<(bool, usize, Option<HostEntry>)> {
+        let mut hosts = self.lock_hosts();
+        let entry = hosts.get_mut(host)?;
+        let was = entry.whole;
+        entry.whole = false;
+        let kept = {
+            let mut accounts = lock(&entry.accounts);
+            accounts.retain(|d| explicit.contains(d));
+            accounts.len()
+        };
+        lock(&entry.progress).whole = false;
+        let stop = if kept == 0 { hosts.remove(host) } else { None };
+        Some((was, kept, stop))
+    }
+
+    /// Stops one host's task (its pending batch is flushed with its
+    /// cursor, as at shutdown) and drops its gauges.
+    async fn stop_host(&self, host: &str, mut entry: HostEntry) {
+        entry.cancel.cancel();
+        if let Some(task) = entry.task.take() {
+            let _ = task.await;
+        }
+        self.metrics.forget_host(host);
+        tracing::info!(%host, "host no longer followed");
     }
 }
 
@@ -521,6 +748,8 @@ struct Pending {
     permits: Vec<BytePermit>,
     /// Block bytes in the batch.
     bytes: usize,
+    /// The host's `time` of the last commit event in the batch.
+    event_time: Option<String>,
 }
 
 impl Pending {
@@ -535,6 +764,7 @@ impl Pending {
             moves: Vec::new(),
             permits: Vec::new(),
             bytes: 0,
+            event_time: None,
         }
     }
 
@@ -578,6 +808,7 @@ struct Writing {
     revisions: usize,
     cursor: Option<i64>,
     started: Instant,
+    event_time: Option<String>,
 }
 
 /// A `#commit` on its way through verification.
@@ -617,6 +848,8 @@ struct HostLink {
     /// The task's own control channel: imports and the lister report here.
     me: mpsc::UnboundedSender<Control>,
     progress: Arc<Mutex<HostProgress>>,
+    /// This host's stop signal (a child of the mirror's).
+    cancel: CancellationToken,
 }
 
 /// A repo being imported, and what the stream brought meanwhile.
@@ -675,6 +908,9 @@ struct HostTask {
     /// Something [`HostTask::report`] publishes changed.
     changed: bool,
     last_progress_log: Instant,
+    /// Untracked repos whose import is still running, with who waits.
+    forgetting: HashMap<String, Vec<oneshot::Sender<()>>>,
+    gauges: crate::metrics::HostGauges,
 }
 
 async fn run_host(
@@ -698,7 +934,7 @@ async fn run_host(
     cfg.watchdog = inner.config.watchdog;
     cfg.backoff_min = inner.config.backoff_min;
     cfg.metrics = inner.metrics.firehose.clone();
-    let shutdown = inner.shutdown.child_token();
+    let shutdown = link.cancel.clone();
     // A replay has no host to list.
     let replay = source.is_some();
     let (mut sub, sub_task) = match source {
@@ -730,8 +966,13 @@ async fn run_host(
         sweep_at: None,
         changed: true,
         last_progress_log: Instant::now(),
+        forgetting: HashMap::new(),
+        gauges: inner.metrics.host(&host),
         link,
     };
+    if let Some(c) = stored.as_ref().and_then(|h| h.cursor) {
+        task.gauges.cursor.set(c);
+    }
     // Repos left desynchronized (by a failed check, or a crash before
     // their import finished) are imported first.
     for (did, state) in inner.store.repos()? {
@@ -862,6 +1103,20 @@ impl HostTask {
             }
             Control::ListDone => self.list_done(),
             Control::StartPass(kind, reason) => self.start_pass(kind, reason),
+            Control::Forget(did, done) => {
+                self.resyncs.retain(|(d, _, _)| *d != did);
+                self.deferred.remove(&did);
+                self.suspects.remove(&did);
+                // What was applied before is written now; nothing new
+                // comes (`tracks` says no). An import under way answers
+                // when it ends.
+                self.flush().await?;
+                if self.importing.contains_key(&did) {
+                    self.forgetting.entry(did).or_default().push(done);
+                } else {
+                    let _ = done.send(());
+                }
+            }
         }
         Ok(())
     }
@@ -873,6 +1128,12 @@ impl HostTask {
         match delivery {
             Delivery::Frame { frame, permit, .. } => {
                 let received = Instant::now();
+                if let Some(seq) = frame.seq {
+                    self.gauges.seq.set(seq);
+                    let durable = self.gauges.cursor.get();
+                    self.gauges.lag_seq.set((seq - durable).max(0));
+                }
+                self.gauges.last_event.set(unix_seconds());
                 let checking = match &frame.event {
                     Event::Commit(ev) => self.start_check(ev).await?,
                     _ => None,
@@ -970,6 +1231,7 @@ impl HostTask {
                 if let Some(checked) = checked {
                     self.commit(ev.seq, checked, received).await?
                 }
+                self.pending.event_time = Some(ev.time);
             }
             Event::Sync(ev) => self.sync(ev).await?,
             Event::Identity(ev) => self.identity(ev).await?,
@@ -1504,6 +1766,7 @@ impl HostTask {
             revisions,
             cursor: pending.cursor,
             started: Instant::now(),
+            event_time: pending.event_time,
         });
     }
 
@@ -1530,10 +1793,35 @@ impl HostTask {
             self.inner
                 .follow(&host, &did, Some(format!("moved to {host}")));
         }
+        let g = &self.gauges;
+        let now = unix_seconds();
+        g.last_durable.set(now);
+        if let Some(c) = w.cursor {
+            g.cursor.set(c);
+            g.lag_seq.set((g.seq.get() - c).max(0));
+        }
+        if let Some(t) = w
+            .event_time
+            .as_deref()
+            .and_then(|t| barn_repo::syntax::Datetime::parse(t).ok())
+        {
+            let at = t.timestamp_micros() as f64 / 1e6;
+            g.lag_seconds.set((now - at).max(0.0));
+        }
+        let repos = if w.revisions == 0 {
+            Vec::new()
+        } else {
+            w.overlay
+                .iter()
+                .filter_map(|(d, s)| Some((d.clone(), s.rev.clone()?)))
+                .take(100)
+                .collect()
+        };
         let _ = self.inner.durable.send(Durable {
             host: self.host.clone(),
             cursor: w.cursor,
             revisions: w.revisions,
+            repos,
         });
         Ok(())
     }
@@ -1696,6 +1984,16 @@ impl HostTask {
         let Some(imp) = self.importing.remove(&did) else {
             return Ok(());
         };
+        if !self.tracks(&did) {
+            // Untracked (or deleted) while it ran: nothing more of it is
+            // written. Whoever waits for it to be let go is told.
+            self.buffered_bytes -= imp.bytes;
+            self.imports_done += 1;
+            for done in self.forgetting.remove(&did).unwrap_or_default() {
+                let _ = done.send(());
+            }
+            return Ok(());
+        }
         self.buffered_bytes -= imp.bytes;
         self.imports_done += 1;
         let mut state = self
@@ -1752,6 +2050,7 @@ impl HostTask {
             Err(Error::Store(e)) => return Err(Error::Store(e)),
             Err(e) => {
                 self.imports_failed += 1;
+                self.gauges.import_failures.inc();
                 self.inner.metrics.resync(&self.host, e.reason());
                 tracing::warn!(host = %self.host, %did, reason = %imp.reason, error = %e, "import failed; will retry");
                 // The repo stays desynchronized in the store; try again
@@ -1822,7 +2121,7 @@ impl HostTask {
         if let Some((_, cancel)) = self.lister.take() {
             cancel.cancel();
         }
-        let cancel = self.inner.shutdown.child_token();
+        let cancel = self.link.cancel.child_token();
         let handle = tokio::spawn(crate::listing::run(
             self.inner.clone(),
             self.host.clone(),
@@ -1985,6 +2284,8 @@ impl HostTask {
         p.imports_failed = self.imports_failed;
         p.cursor = self.pending.cursor;
         drop(p);
+        self.gauges.queued.set(self.resyncs.len() as i64);
+        self.gauges.importing.set(self.importing.len() as i64);
         if (queued > 0 || self.list.is_some())
             && self.last_progress_log.elapsed() >= Duration::from_secs(10)
         {
@@ -2000,4 +2301,16 @@ impl HostTask {
             );
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves the value intact.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }

@@ -18,6 +18,7 @@
 //! Writes go through [`Batch`] and [`Store::write`]: atomic and durable
 //! (one fsync per batch). See the `store` module for the rules.
 
+mod admin;
 mod blobs;
 mod codec;
 mod error;
@@ -27,6 +28,7 @@ mod query;
 mod revision;
 mod store;
 
+pub use admin::{DeleteReport, Tracking};
 pub use blobs::{BlobCounts, BlobHint, BlobOutcome, BlobState, BlobStatus, DueBlob};
 pub use codec::{BlockCodec, DictionarySource};
 pub use error::{Error, Result};

@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use crate::store::Batch;
 
@@ -11,6 +11,7 @@ struct Metrics {
     revisions: IntCounter,
     block_bytes: IntCounter,
     batch_revisions: Histogram,
+    disk_bytes: IntGauge,
 }
 
 static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| {
@@ -33,8 +34,23 @@ static METRICS: LazyLock<Option<Metrics>> = LazyLock::new(|| {
             ),
         )
         .ok()?,
+        disk_bytes: IntGauge::new(
+            "barn_store_disk_bytes",
+            "Bytes the store takes on disk (tables and journal), as of the last scrape",
+        )
+        .ok()?,
     })
 });
+
+/// Updates the size gauge from `store` (called before each scrape: the
+/// engine knows its size at no cost).
+pub fn refresh(store: &crate::Store) {
+    if let Some(m) = METRICS.as_ref()
+        && let Ok(bytes) = store.disk_space()
+    {
+        m.disk_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
 
 /// Registers the store's metrics into `registry`.
 pub fn register(registry: &Registry) -> prometheus::Result<()> {
@@ -43,6 +59,7 @@ pub fn register(registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(m.revisions.clone()))?;
         registry.register(Box::new(m.block_bytes.clone()))?;
         registry.register(Box::new(m.batch_revisions.clone()))?;
+        registry.register(Box::new(m.disk_bytes.clone()))?;
     }
     Ok(())
 }

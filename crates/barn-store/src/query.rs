@@ -42,6 +42,15 @@ fn page_bounds(did: &str, cursor: Option<&str>, order: Order) -> (Bound<Vec<u8>>
 }
 
 impl Store {
+    /// How many records `did` has now (a scan of its record index).
+    pub fn records_count(&self, did: &str) -> Result<u64> {
+        let (lo, hi) = match page_bounds(did, None, Order::Ascending) {
+            (Bound::Included(lo), Bound::Excluded(hi)) => (lo, hi),
+            _ => return Ok(0),
+        };
+        Ok(self.records.range(lo..hi).count() as u64)
+    }
+
     /// Up to `limit` revisions of `did` after `cursor` (a rev, exclusive)
     /// in `order`.
     pub fn history_page(

@@ -41,7 +41,7 @@ const GROUP_CHUNKS: usize = if cfg!(test) { 3 } else { 32 };
 
 const META_PENDING: &[u8] = b"pending";
 
-fn pending_key(did: &str) -> Vec<u8> {
+pub(crate) fn pending_key(did: &str) -> Vec<u8> {
     let mut k = META_PENDING.to_vec();
     k.extend_from_slice(did.as_bytes());
     k

@@ -101,12 +101,12 @@ pub struct Store {
     pub(crate) db: Database,
     codec: Codec,
     pub(crate) meta: Keyspace,
-    blocks: Keyspace,
+    pub(crate) blocks: Keyspace,
     pub(crate) repos: Keyspace,
     pub(crate) commits: Keyspace,
     pub(crate) records: Keyspace,
     hosts: Keyspace,
-    events: Keyspace,
+    pub(crate) events: Keyspace,
     pub(crate) ops: Keyspace,
     pub(crate) blobs: Keyspace,
     pub(crate) blob_refs: Keyspace,
@@ -557,11 +557,22 @@ impl Store {
             }
         }
         .ok_or_else(|| Error::NotFound(format!("{did} at {rev:?}")))?;
-        // The gateway's walk, held whole: the commit, then the tree in
-        // CAR order with each record once.
-        let mut w = CarWriter::new(Vec::new(), &[entry.cid]).map_err(barn_repo::Error::Io)?;
+        self.write_car(&entry, Vec::new(), usize::MAX)
+    }
+
+    /// Writes the full CAR of revision `entry` into `out`, block by block
+    /// (the gateway's walk: the commit, then the tree in CAR order), each
+    /// record once while fewer than `dedupe_cap` have been seen. Memory
+    /// stays bounded with a bounded cap, whatever the repo's size.
+    pub fn write_car<W: std::io::Write>(
+        &self,
+        entry: &CommitEntry,
+        out: W,
+        dedupe_cap: usize,
+    ) -> Result<W> {
+        let mut w = CarWriter::new(out, &[entry.cid]).map_err(barn_repo::Error::Io)?;
         for block in
-            RepoBlocks::full(StoreBlocks(self), entry.cid, entry.data).with_dedupe_cap(usize::MAX)
+            RepoBlocks::full(StoreBlocks(self), entry.cid, entry.data).with_dedupe_cap(dedupe_cap)
         {
             let (cid, data) = block?;
             w.write_block(&cid, &data).map_err(barn_repo::Error::Io)?;

@@ -98,7 +98,7 @@ pub(crate) fn bearer(value: &[u8]) -> Result<&str, XrpcError> {
 
 /// Compares without an early exit, so timing does not reveal how much of
 /// the admin token a guess got right.
-pub(crate) fn same_secret(a: &str, b: &str) -> bool {
+pub fn same_secret(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let mut diff = (a.len() != b.len()) as u8;
     for i in 0..a.len().max(b.len()) {

@@ -35,6 +35,7 @@ pub mod metrics;
 mod own;
 mod params;
 mod repo;
+mod status;
 mod sync;
 
 use std::net::{IpAddr, SocketAddr};
@@ -52,9 +53,11 @@ use barn_identity::Resolver;
 use barn_store::{RepoState, Store};
 use tokio::sync::Semaphore;
 
+pub use auth::same_secret;
 pub use error::{Error, ErrorCode, Result, XrpcError};
 pub use limits::RateLimit;
 pub use metrics::Metrics;
+pub use status::{ErrorLine, HostLine, LiveStatus, StatusSnapshot};
 
 use auth::Caller;
 use limits::RateLimiter;
@@ -126,6 +129,8 @@ struct Inner {
     car_slots: Arc<Semaphore>,
     limiter: Option<RateLimiter>,
     http: reqwest::Client,
+    /// The running barn's live view, for the status page.
+    live: std::sync::OnceLock<Arc<dyn LiveStatus>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -188,6 +193,7 @@ impl Gateway {
                 metrics,
                 registry,
                 http,
+                live: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -197,9 +203,20 @@ impl Gateway {
         &self.inner.metrics
     }
 
-    /// The axum router: `/xrpc/*`, `/metrics`.
+    /// Gives the status page the running barn's live view (hosts,
+    /// recent errors); without it the page shows the store only. Set once.
+    pub fn set_live_status(&self, live: Arc<dyn LiveStatus>) {
+        let _ = self.inner.live.set(live);
+    }
+
+    pub(crate) fn live_status(&self) -> Option<&Arc<dyn LiveStatus>> {
+        self.inner.live.get()
+    }
+
+    /// The axum router: `/` (the status page), `/xrpc/*`, `/metrics`.
     pub fn router(&self) -> Router {
         Router::new()
+            .route("/", get(status::page))
             .route("/xrpc/_health", get(health))
             .route("/xrpc/{method}", get(xrpc).fallback(wrong_method))
             .route("/metrics", get(metrics_text))
@@ -299,8 +316,13 @@ impl Gateway {
     /// Whether the request carries the admin token (nothing else is
     /// looked at: for public methods where only the operator sees more).
     pub(crate) fn is_admin(&self, req: &Req) -> bool {
+        self.is_admin_headers(&req.headers)
+    }
+
+    /// [`Gateway::is_admin`] for any request's headers.
+    pub(crate) fn is_admin_headers(&self, headers: &HeaderMap) -> bool {
         let (Some(value), Some(admin)) = (
-            req.headers.get(header::AUTHORIZATION),
+            headers.get(header::AUTHORIZATION),
             &self.inner.config.admin_token,
         ) else {
             return false;
@@ -475,6 +497,7 @@ async fn health() -> Response {
 }
 
 async fn metrics_text(State(gw): State<Gateway>) -> Response {
+    barn_store::metrics::refresh(&gw.inner.store);
     let families = match &gw.inner.registry {
         Some(r) => r.gather(),
         None => Vec::new(),

@@ -28,6 +28,18 @@ pub struct RawConfig {
     pub blobs: Option<RawBlobs>,
     /// The XRPC gateway.
     pub gateway: Option<RawGateway>,
+    /// The admin gRPC API.
+    pub admin: Option<RawAdmin>,
+}
+
+/// `[admin]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Serve at all.
+    pub enabled: Option<bool>,
+    /// Address to listen on (`127.0.0.1:2481` by default).
+    pub listen: Option<String>,
 }
 
 /// `[gateway]` in the config file.
@@ -154,7 +166,13 @@ pub struct Config {
     /// Blob workers and storage; `None` when blobs are off.
     pub blobs: Option<(barn_blobs::BlobConfig, barn_blobs::StorageConfig)>,
     /// Where the gateway listens, and how it behaves; `None` when off.
+    /// Its `admin_token` is filled at start-up from [`Config::admin_token`].
     pub gateway: Option<(std::net::SocketAddr, barn_xrpc::GatewayConfig)>,
+    /// Where the admin API listens; `None` when off.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// The operator's token, when the config gives one; otherwise `barn
+    /// serve` keeps one in `<data_dir>/admin.token`.
+    pub admin_token: Option<String>,
 }
 
 impl RawConfig {
@@ -206,6 +224,13 @@ impl RawConfig {
                 rate_limit_per_second: b.rate_limit_per_second.or(a.rate_limit_per_second),
                 rate_limit_burst: b.rate_limit_burst.or(a.rate_limit_burst),
                 trust_forwarded_for: b.trust_forwarded_for.or(a.trust_forwarded_for),
+            }),
+            (a, b) => b.or(a),
+        };
+        self.admin = match (self.admin, other.admin) {
+            (Some(a), Some(b)) => Some(RawAdmin {
+                enabled: b.enabled.or(a.enabled),
+                listen: b.listen.or(a.listen),
             }),
             (a, b) => b.or(a),
         };
@@ -308,10 +333,18 @@ impl RawConfig {
         }
         let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         let blobs = validate_blobs(self.blobs.unwrap_or_default(), &data_dir)?;
-        let gateway = validate_gateway(self.gateway.unwrap_or_default())?;
+        let mut raw_gateway = self.gateway.unwrap_or_default();
+        let admin_token = validate_token(
+            raw_gateway.admin_token.take(),
+            raw_gateway.admin_token_file.take(),
+        )?;
+        let gateway = validate_gateway(raw_gateway)?;
+        let admin_listen = validate_admin(self.admin.unwrap_or_default())?;
         Ok(Config {
             blobs,
             gateway,
+            admin_listen,
+            admin_token,
             data_dir,
             plc_url: plc_url.trim_end_matches('/').to_owned(),
             hosts,
@@ -351,27 +384,6 @@ fn validate_gateway(
             c.service_did
         );
     }
-    let token = match (raw.admin_token, raw.admin_token_file) {
-        (Some(_), Some(_)) => {
-            bail!("gateway.admin_token and gateway.admin_token_file are both set; keep one")
-        }
-        (Some(t), None) => Some(t),
-        (None, Some(f)) => Some(
-            std::fs::read_to_string(&f)
-                .with_context(|| format!("gateway.admin_token_file: reading {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    };
-    if let Some(t) = &token
-        && (t.len() < 16 || t.chars().any(char::is_whitespace))
-    {
-        bail!(
-            "gateway admin token: use at least 16 characters without spaces (e.g. the output of `openssl rand -hex 24`)"
-        );
-    }
-    c.admin_token = token;
     if let Some(n) = raw.max_concurrent_cars {
         if n == 0 {
             bail!("gateway.max_concurrent_cars must be at least 1 (default 32)");
@@ -416,6 +428,46 @@ fn validate_gateway(
         c.trust_forwarded_for = t;
     }
     Ok(Some((listen, c)))
+}
+
+/// The default admin API address: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:2481";
+
+fn validate_admin(raw: RawAdmin) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    let text = raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let addr = text.parse().with_context(|| {
+        format!("admin.listen = {text:?}: write an address and port like 127.0.0.1:2481 (or set BARN_ADMIN_LISTEN)")
+    })?;
+    Ok(Some(addr))
+}
+
+/// The operator token from `gateway.admin_token` / `BARN_ADMIN_TOKEN` or
+/// `gateway.admin_token_file`.
+fn validate_token(token: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    let token = match (token, file) {
+        (Some(_), Some(_)) => {
+            bail!("gateway.admin_token and gateway.admin_token_file are both set; keep one")
+        }
+        (Some(t), None) => Some(t),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("gateway.admin_token_file: reading {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if let Some(t) = &token
+        && (t.len() < 16 || t.chars().any(char::is_whitespace))
+    {
+        bail!(
+            "gateway admin token: use at least 16 characters without spaces (e.g. the output of `openssl rand -hex 24`)"
+        );
+    }
+    Ok(token)
 }
 
 fn validate_blobs(

@@ -3,8 +3,10 @@
 //! offline repository tools sit beside them.
 
 mod backfill;
+mod cli;
 mod config;
 mod serve;
+mod status;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -71,6 +73,37 @@ enum Command {
     /// accounts left without a copy. Logs go to stderr at level warn unless
     /// BARN_LOG says otherwise.
     Backfill(BackfillArgs),
+    /// Start backing up a whole host or one account, in the running barn
+    /// (remembered across restarts).
+    ///
+    /// `barn track host https://pds.example.com` follows the host's
+    /// firehose and imports every account on it; `barn track account
+    /// alice.example.com` (or a DID) follows one account wherever it is
+    /// hosted, and follows it when it migrates.
+    Track(cli::TrackArgs),
+    /// Stop backing up a host or an account. What barn stored is kept
+    /// (`barn delete-backup` removes an account's backup).
+    Untrack(cli::TrackArgs),
+    /// What the running barn is doing: every host with its lag and
+    /// imports, the store, the blob queue; with an account, that
+    /// account's backup (head, revisions, records, missing blobs).
+    Status(cli::StatusArgs),
+    /// Write an account's repository as a CAR file, as it is now or as it
+    /// was at a past revision (`--rev`) or time (`--at`), from the running
+    /// barn. The file is what `com.atproto.sync.getRepo` serves and what
+    /// `com.atproto.repo.importRepo` takes to restore the account.
+    Export(cli::ExportArgs),
+    /// Fetch a host (every repo whose head differs from barn's) or an
+    /// account from its PDS now, instead of waiting for the periodic
+    /// reconcile.
+    Backup(cli::BackupArgs),
+    /// Delete everything barn holds of an account (history, records,
+    /// blocks and blobs no other account shares) and stop following it.
+    /// Cannot be undone.
+    DeleteBackup(cli::DeleteArgs),
+    /// Print what the running barn makes durable and every admin action,
+    /// as it happens, until Ctrl-C.
+    Watch(cli::WatchArgs),
     /// Verify a repository CAR file (as served by com.atproto.sync.getRepo):
     /// every block hash, the MST structure, every record present, and the
     /// commit signature when a key is given. Prints a JSON summary.
@@ -121,9 +154,14 @@ struct MirrorArgs {
     /// 0.0.0.0:2480 to serve other machines).
     #[arg(long, env = "BARN_LISTEN")]
     listen: Option<String>,
+    /// Where the admin API (gRPC, used by `barn track`, `status`, …)
+    /// listens (default 127.0.0.1:2481).
+    #[arg(long, env = "BARN_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
     /// The operator's bearer token for the gateway (history, past
-    /// revisions, inactive accounts). From the environment only, so that
-    /// it never shows in `ps`.
+    /// revisions, inactive accounts) and the admin API. From the
+    /// environment only, so that it never shows in `ps`; without it
+    /// `barn serve` keeps one in <data-dir>/admin.token.
     #[arg(skip = std::env::var("BARN_ADMIN_TOKEN").ok())]
     admin_token: Option<String>,
 }
@@ -163,6 +201,10 @@ impl MirrorArgs {
                     ..Default::default()
                 }
             }),
+            admin: self.admin_listen.map(|listen| config::RawAdmin {
+                listen: Some(listen),
+                ..Default::default()
+            }),
         };
         let mut raw = file.merge(flags);
         if let Some(dir) = self.blob_dir {
@@ -172,11 +214,29 @@ impl MirrorArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes on one line: what a person needs, not a
+            // backtrace (BARN_LOG=debug and the logs have the rest).
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Serve(args) => return serve_main(args),
         Command::Backfill(args) => return backfill_main(args),
+        Command::Track(args) => return cli::run(cli::Action::Track(args)),
+        Command::Untrack(args) => return cli::run(cli::Action::Untrack(args)),
+        Command::Status(args) => return cli::run(cli::Action::Status(args)),
+        Command::Export(args) => return cli::run(cli::Action::Export(args)),
+        Command::Backup(args) => return cli::run(cli::Action::Backup(args)),
+        Command::DeleteBackup(args) => return cli::run(cli::Action::Delete(args)),
+        Command::Watch(args) => return cli::run(cli::Action::Watch(args)),
         other => other,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -184,7 +244,15 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     match command {
-        Command::Serve(_) | Command::Backfill(_) => Ok(()),
+        Command::Serve(_)
+        | Command::Backfill(_)
+        | Command::Track(_)
+        | Command::Untrack(_)
+        | Command::Status(_)
+        | Command::Export(_)
+        | Command::Backup(_)
+        | Command::DeleteBackup(_)
+        | Command::Watch(_) => Ok(()),
         Command::VerifyCar {
             path,
             did,
@@ -247,15 +315,25 @@ where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(writer)
-        // Colours for people at a terminal; plain text for files and
-        // journald, where escape codes are noise.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BARN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BARN_LOG")
+        // The storage engine's own info lines (table flushes) say nothing
+        // an operator acts on.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{default},fjall=warn,lsm_tree=warn"))
+        });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                // Colours for people at a terminal; plain text for files
+                // and journald, where escape codes are noise.
+                .with_ansi(std::io::stderr().is_terminal()),
         )
+        // The status page's "recent warnings and errors".
+        .with(status::RecentErrors)
         .init();
 }
 

@@ -39,8 +39,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
     let store = open_store(&config)?;
     let running = start(&config, store).await?;
+    let token = admin_token(&config)?;
     let gateway = match &config.gateway {
-        Some((listen, gw_config)) => Some(start_gateway(&running, *listen, gw_config).await?),
+        Some((listen, gw_config)) => {
+            let mut gw_config = gw_config.clone();
+            gw_config.admin_token = Some(token.clone());
+            Some(start_gateway(&running, *listen, &gw_config).await?)
+        }
+        None => None,
+    };
+    let admin = match config.admin_listen {
+        Some(listen) => Some(start_admin(&running, &config, listen, &token).await?),
         None => None,
     };
     tracing::info!(
@@ -52,6 +61,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     signals.recv().await;
     // Intake first (the mirror flushes), then the gateway: requests under
     // way get a few seconds to finish.
+    // The admin API first: no track/untrack while the mirror stops.
+    if let Some((tx, task)) = admin {
+        let _ = tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     let stopped = stop(&running).await;
     if let Some((tx, task)) = gateway {
         let _ = tx.send(());
@@ -82,6 +96,10 @@ async fn start_gateway(
         Some(running.registry.clone()),
     )
     .context("starting the XRPC gateway")?;
+    gateway.set_live_status(std::sync::Arc::new(crate::status::Live {
+        mirror: running.mirror.clone(),
+        started: std::time::Instant::now(),
+    }));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
         format!("gateway.listen: cannot listen on {listen} (in use? another barn?); set another with --listen or BARN_LISTEN")
     })?;
@@ -99,6 +117,82 @@ async fn start_gateway(
         };
         if let Err(e) = gateway.serve(listener, shutdown).await {
             tracing::error!(error = %e, "gateway stopped");
+        }
+    });
+    Ok((tx, task))
+}
+
+/// The file under the data directory where `barn serve` keeps the admin
+/// token when the config gives none (the CLI reads it from there).
+pub const TOKEN_FILE: &str = "admin.token";
+
+/// The operator token: the config's, or the one kept in
+/// `<data_dir>/admin.token` (created, readable by its owner only, on the
+/// first start).
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &config.admin_token {
+        return Ok(t.clone());
+    }
+    let path = config.data_dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut raw = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| anyhow::anyhow!("no randomness for the admin token"))?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{token}").with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "admin token created (barn's CLI reads it from there)");
+    Ok(token)
+}
+
+/// Binds the admin API and serves it until the returned sender fires.
+async fn start_admin(
+    running: &Running,
+    config: &Config,
+    listen: std::net::SocketAddr,
+    token: &str,
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let metrics =
+        barn_admin::Metrics::new(Some(&running.registry)).context("registering admin metrics")?;
+    let service = barn_admin::AdminService::new(barn_admin::AdminParts {
+        mirror: running.mirror.clone(),
+        store: running.store.clone(),
+        resolver: running.resolver.clone(),
+        blobs: running.blob_storage.clone(),
+        config_hosts: config.hosts.clone(),
+        config_accounts: config.accounts.clone(),
+        metrics: metrics.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+        format!("admin.listen: cannot listen on {listen} (in use? another barn?); set another with --admin-listen or BARN_ADMIN_LISTEN")
+    })?;
+    let local = listener.local_addr().context("admin address")?;
+    tracing::info!(url = %format!("http://{local}"), "admin API listening");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let token = token.to_owned();
+    let task = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = rx.await;
+        };
+        if let Err(e) = barn_admin::serve(service, &token, metrics, listener, shutdown).await {
+            tracing::error!(error = %e, "admin API stopped");
         }
     });
     Ok((tx, task))
@@ -130,6 +224,16 @@ pub async fn start(config: &Config, store: Arc<Store>) -> anyhow::Result<Running
         .register_metrics(&registry)
         .context("registering identity metrics")?;
     barn_store::metrics::register(&registry).context("registering store metrics")?;
+    let build = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("barn_build_info", "Always 1; the running barn's version"),
+        &["version"],
+    )
+    .and_then(|g| {
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    })
+    .context("registering build info")?;
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
     // Blob storage first: a misconfigured bucket stops start-up before any
     // host is followed.

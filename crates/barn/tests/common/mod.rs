@@ -26,6 +26,7 @@ where
         // Tests run side by side: each gateway on a port of its own (the
         // log says which).
         .env("BARN_LISTEN", "127.0.0.1:0")
+        .env("BARN_ADMIN_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -76,6 +77,7 @@ where
     cmd.args(args)
         .env_remove("BARN_LOG")
         .env("BARN_LISTEN", "127.0.0.1:0")
+        .env("BARN_ADMIN_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -167,23 +169,30 @@ pub async fn wait_running(log: &Path, before: usize) {
 /// The gateway URL of the barn run that logged "gateway listening" for the
 /// `(before + 1)`th time in `log`.
 pub async fn gateway_url(log: &Path, before: usize) -> String {
+    listening_url(log, "gateway listening", before).await
+}
+
+/// The admin API URL of the barn run that logged "admin API listening"
+/// for the `(before + 1)`th time in `log`.
+#[allow(dead_code)]
+pub async fn admin_url(log: &Path, before: usize) -> String {
+    listening_url(log, "admin API listening", before).await
+}
+
+async fn listening_url(log: &Path, what: &str, before: usize) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .filter(|l| l.contains("gateway listening"))
-            .nth(before)
-        {
+        if let Some(line) = text.lines().filter(|l| l.contains(what)).nth(before) {
             let url = line
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("url="))
-                .expect("url= in the gateway line");
+                .expect("url= in the listening line");
             return url.trim_matches('"').to_owned();
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no gateway line:\n{text}"
+            "no {what:?} line:\n{text}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
