@@ -494,13 +494,19 @@ impl Mirror {
     /// when it migrates, like every repo barn holds.
     pub async fn track_account(&self, did: &str) -> Result<String> {
         let id = self.inner.resolver.refresh(did).await?;
-        lock(&self.inner.dropped).remove(did);
+        // An account followed again after a pause missed what happened
+        // meanwhile: it is fetched (since barn's head).
+        let resumed = lock(&self.inner.dropped).remove(did);
         lock(&self.inner.explicit).insert(did.to_owned());
         let pds = crate::import::pds_of(&id)?;
         // A repo barn already holds is followed where barn last saw it;
         // one it does not is imported from its PDS.
         match self.inner.store.repo(did)? {
-            Some(state) => self.inner.follow(&state.host, did, None),
+            Some(state) => self.inner.follow(
+                &state.host,
+                did,
+                resumed.then(|| "tracked again".to_owned()),
+            ),
             None => self.inner.follow(&pds, did, Some("track account".into())),
         }
         Ok(pds)
