@@ -567,10 +567,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_compose_config_is_valid() {
+        let raw: RawConfig =
+            toml::from_str(include_str!("../../../deploy/compose/barn.toml")).unwrap();
+        let c = raw.validate().unwrap();
+        assert_eq!(c.admin_listen, Some("0.0.0.0:2481".parse().unwrap()));
+        assert!(matches!(
+            c.blobs,
+            Some((_, barn_blobs::StorageConfig::S3 { .. }))
+        ));
+    }
+
+    #[test]
     fn the_example_config_is_valid() {
         let raw: RawConfig =
             toml::from_str(include_str!("../../../deploy/barn.example.toml")).unwrap();
         let c = raw.validate().unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:2481".parse().unwrap()));
         assert_eq!(c.plc_url, "https://plc.directory");
         assert_eq!(c.mirror.group_commit_max, 1000);
         assert_eq!(c.mirror.max_frame_bytes, 5 << 20);
