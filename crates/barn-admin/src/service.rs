@@ -332,6 +332,10 @@ impl AdminService {
     async fn get_status(&self) -> Result<pb::GetStatusResponse> {
         let (by_host, counts) = self.repo_counts().await?;
         let store = &self.inner.store;
+        let queue = {
+            let store = store.clone();
+            blocking(move || store.blob_queue_len(10_000_000)).await?
+        };
         let oldest = match store.next_blob_due()? {
             Some(due) => barn_store::now_ms().saturating_sub(due) as f64 / 1000.0,
             None => 0.0,
@@ -344,7 +348,7 @@ impl AdminService {
             repos_active: counts[1],
             repos_desynchronized: counts[2],
             store_bytes: store.disk_space()?,
-            blob_queue: store.approximate_blob_queue() as u64,
+            blob_queue: queue as u64,
             blob_queue_oldest_due_seconds: oldest,
         })
     }

@@ -329,6 +329,19 @@ impl Store {
         self.blob_queue.approximate_len()
     }
 
+    /// Queue entries (queued and missing blobs), counted exactly up to
+    /// `cap` (a scan of at most `cap` keys). The LSM's estimate counts
+    /// deleted entries until compaction: not what a person asking "how
+    /// many are queued" means.
+    pub fn blob_queue_len(&self, cap: usize) -> Result<usize> {
+        let mut n = 0;
+        for guard in self.blob_queue.iter().take(cap) {
+            guard.key()?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Records how a fetch of `cid` ended: stored, or failed and
     /// rescheduled. Not fsynced (see the module's tricky bits). A stored
     /// blob stays stored whatever a late failure says.

@@ -199,7 +199,7 @@ fn render(
     );
 
     // Cards: the numbers that say "is it keeping up".
-    let queue = store.approximate_blob_queue();
+    let queue = store.blob_queue_len(1_000_000)?;
     let oldest = store
         .next_blob_due()?
         .map(|due| now.saturating_sub(due) / 1000)

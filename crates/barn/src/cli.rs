@@ -428,18 +428,26 @@ async fn status(a: StatusArgs) -> anyhow::Result<()> {
         s.repos_desynchronized,
         bytes(s.store_bytes)
     );
-    println!(
-        "blob queue: {} (earliest due {:.0}s ago)",
-        s.blob_queue, s.blob_queue_oldest_due_seconds
-    );
+    match (s.blob_queue, s.blob_queue_oldest_due_seconds) {
+        (0, _) => println!("blob queue: empty"),
+        (n, due) if due > 0.0 => println!(
+            "blob queue: {n} queued or waiting for a retry (the earliest was due {due:.0}s ago)"
+        ),
+        (n, _) => println!("blob queue: {n} waiting for a retry, none due yet"),
+    }
     if s.hosts.is_empty() {
         println!(
-            "no hosts followed yet: `barn track host https://pds.example.com` or `barn track account <did|handle>`"
+            "no host is followed{}: `barn track host https://pds.example.com` or `barn track account <did|handle>`",
+            if s.repos > 0 {
+                " (what barn stored is kept)"
+            } else {
+                ""
+            }
         );
     }
     for h in &s.hosts {
         println!(
-            "{} [{}] {} repos, cursor {}, {} behind ({:.1}s), last event {}",
+            "{} [{}] {} repos, cursor {}, {} events not yet durable, lag {:.1}s, last event {}",
             h.host,
             if h.whole {
                 "whole host"
