@@ -1572,6 +1572,12 @@ impl HostTask {
         );
         let mut state = state;
         state.advance(input.commit, input.rev.clone(), verified.commit.data);
+        if state.handle.is_none() {
+            // A repo first seen on the stream: its `#identity` came before
+            // barn held it. The document just used is as good a source
+            // (and lets handles find the account once its host is gone).
+            state.handle = id.handle.clone();
+        }
         self.pending.set_repo(&did, state);
         self.pending.received.push(received);
         self.inner.metrics.applied(&self.host);
