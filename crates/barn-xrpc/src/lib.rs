@@ -57,7 +57,7 @@ pub use auth::same_secret;
 pub use error::{Error, ErrorCode, Result, XrpcError};
 pub use limits::RateLimit;
 pub use metrics::Metrics;
-pub use status::{ErrorLine, HostLine, LiveStatus, StatusSnapshot};
+pub use status::{ErrorLine, HostLine, LiveStatus, StatusSnapshot, ago, human_bytes};
 
 use auth::Caller;
 use limits::RateLimiter;

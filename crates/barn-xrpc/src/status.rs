@@ -102,7 +102,9 @@ fn esc(s: &str) -> String {
     out
 }
 
-fn ago(now_ms: u64, ms: u64) -> String {
+/// How long before `now_ms` the instant `ms` was, in words (`never` for
+/// 0).
+pub fn ago(now_ms: u64, ms: u64) -> String {
     if ms == 0 {
         return "never".into();
     }
@@ -115,7 +117,8 @@ fn ago(now_ms: u64, ms: u64) -> String {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+/// A byte count in binary units (`64.0 MiB`).
+pub fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut i = 0;

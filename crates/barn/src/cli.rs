@@ -305,31 +305,11 @@ async fn track(a: TrackArgs, on: bool) -> anyhow::Result<()> {
 }
 
 fn ago(ms: u64) -> String {
-    if ms == 0 {
-        return "never".into();
-    }
-    let now = barn_store::now_ms();
-    let s = now.saturating_sub(ms) / 1000;
-    match s {
-        0..=59 => format!("{s}s ago"),
-        60..=3599 => format!("{}m ago", s / 60),
-        _ => format!("{}h ago", s / 3600),
-    }
+    barn_xrpc::ago(barn_store::now_ms(), ms)
 }
 
 fn bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
+    barn_xrpc::human_bytes(n)
 }
 
 async fn status(a: StatusArgs) -> anyhow::Result<()> {
