@@ -258,7 +258,7 @@ impl AdminService {
     ) -> Result<pb::TrackAccountResponse> {
         let did = self.resolve_account(&req.account).await?;
         let before = self.inner.mirror.follows(&did);
-        let (pds, _) = self.inner.mirror.add_account(&did).await?;
+        let pds = self.inner.mirror.add_account(&did).await?;
         self.announce("track_account", &did);
         Ok(pb::TrackAccountResponse {
             did,

@@ -394,11 +394,11 @@ impl Mirror {
 
     /// The operator adds an account: tracked wherever it is hosted, now
     /// and at every start (see [`Mirror::track_account`]). Returns its
-    /// PDS and whether it was new.
-    pub async fn add_account(&self, did: &str) -> Result<(String, bool)> {
+    /// PDS.
+    pub async fn add_account(&self, did: &str) -> Result<String> {
         let pds = self.track_account(did).await?;
         self.inner.store.set_account_tracked(did, true)?;
-        Ok((pds, true))
+        Ok(pds)
     }
 
     /// The operator removes an account: no longer followed, now or at the

@@ -25,11 +25,11 @@ use std::collections::HashSet;
 use cid::Cid;
 use fjall::PersistMode;
 
-use crate::blobs::{queue_key, ref_key};
+use crate::blobs::queue_key;
 use crate::error::{Error, Result};
 use crate::model::CommitEntry;
 use crate::revision::pending_key;
-use crate::store::{Store, decode, key2};
+use crate::store::{Store, decode, did_range};
 
 const TRACK_HOST: &[u8] = b"track_host\0";
 const TRACK_ACCOUNT: &[u8] = b"track_account\0";
@@ -73,14 +73,6 @@ fn meta_key(prefix: &[u8], name: &str) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(name.as_bytes());
     k
-}
-
-/// `did ‖ 0` and the bound just past everything under it.
-fn did_range(did: &str) -> (Vec<u8>, Vec<u8>) {
-    let lo = key2(did, "");
-    let mut hi = did.as_bytes().to_vec();
-    hi.push(1);
-    (lo, hi)
 }
 
 impl Store {
@@ -296,8 +288,6 @@ impl Store {
             report.blobs.push(cid);
         }
         wb.commit()?;
-        // ref_key is the layout scanned above; keep the two in step.
-        debug_assert_eq!(ref_key(did, &empty_cid)[..lo.len()], lo[..]);
         Ok(report)
     }
 }

@@ -17,7 +17,7 @@ use cid::Cid;
 use crate::blobs::ref_key;
 use crate::error::{Error, Result};
 use crate::model::{CommitEntry, RepoState};
-use crate::store::{Store, decode, key2};
+use crate::store::{Store, decode, did_range, key2};
 
 /// Which way a page runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +31,7 @@ pub enum Order {
 /// The key range of everything under `did ‖ 0`, starting after `cursor`
 /// (exclusive) in the direction of `order`.
 fn page_bounds(did: &str, cursor: Option<&str>, order: Order) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
-    let lo = key2(did, "");
-    let mut hi = did.as_bytes().to_vec();
-    hi.push(1);
+    let (lo, hi) = did_range(did);
     match (cursor, order) {
         (None, _) => (Bound::Included(lo), Bound::Excluded(hi)),
         (Some(c), Order::Ascending) => (Bound::Excluded(key2(did, c)), Bound::Excluded(hi)),
@@ -44,10 +42,7 @@ fn page_bounds(did: &str, cursor: Option<&str>, order: Order) -> (Bound<Vec<u8>>
 impl Store {
     /// How many records `did` has now (a scan of its record index).
     pub fn records_count(&self, did: &str) -> Result<u64> {
-        let (lo, hi) = match page_bounds(did, None, Order::Ascending) {
-            (Bound::Included(lo), Bound::Excluded(hi)) => (lo, hi),
-            _ => return Ok(0),
-        };
+        let (lo, hi) = did_range(did);
         Ok(self.records.range(lo..hi).count() as u64)
     }
 

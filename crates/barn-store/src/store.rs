@@ -143,6 +143,15 @@ fn dict_key(id: u8) -> Vec<u8> {
     k
 }
 
+/// `did ‖ 0`, and the bound just past every key under it: the range of
+/// one account's entries in the keyspaces keyed `did ‖ 0 ‖ …`.
+pub(crate) fn did_range(did: &str) -> (Vec<u8>, Vec<u8>) {
+    let lo = key2(did, "");
+    let mut hi = did.as_bytes().to_vec();
+    hi.push(1);
+    (lo, hi)
+}
+
 pub(crate) fn key2(a: &str, b: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + 1 + b.len());
     k.extend_from_slice(a.as_bytes());
