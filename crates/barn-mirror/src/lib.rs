@@ -18,6 +18,7 @@
 //!   `#identity` refreshes the DID document, and an account whose document
 //!   names another host is followed there.
 
+mod checks;
 mod error;
 mod import;
 mod listing;

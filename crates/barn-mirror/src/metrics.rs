@@ -85,7 +85,8 @@ impl Metrics {
                 "barn_mirror_reconcile_total",
                 "Listing and reconcile events, by host and what (listed, pass_started, pass_done, \
                  suspect_fetched, suspect_explained, host_behind, status_changed, buffered, \
-                 buffer_overflow, outdated_cursor, future_cursor)",
+                 buffer_overflow, outdated_cursor, future_cursor; repos asked about one by one: \
+                 not_listed, checked, check_failed, gone)",
                 &["host", "what"],
             )?,
             import_fetches: counter(

@@ -254,6 +254,13 @@ pub(crate) enum Control {
     /// `did` is no longer followed: answer once nothing of it is pending,
     /// being written or being imported.
     Forget(String, oneshot::Sender<()>),
+    /// What the host said of one repo when asked directly (see
+    /// [`crate::checks`]), for `reason`.
+    Checked {
+        did: String,
+        answer: crate::checks::Answer,
+        reason: String,
+    },
 }
 
 struct HostEntry {
@@ -906,6 +913,12 @@ struct HostTask {
     /// A pass asked for while one was running.
     next_pass: Option<(PassKind, String)>,
     suspects: HashMap<String, Suspect>,
+    /// Hashes of the DIDs the listing pass under way has shown, to find
+    /// the repos it no longer shows when it ends. `None` for a pass
+    /// resumed after a restart (what its first pages showed is gone).
+    seen: Option<HashSet<u64>>,
+    /// Repos being asked about one by one (see [`crate::checks`]).
+    checks: JoinSet<()>,
     /// Imports queued or running, for the lister's back-pressure.
     queued: Arc<AtomicUsize>,
     started_ms: u64,
@@ -967,6 +980,8 @@ async fn run_host(
         lister: None,
         next_pass: None,
         suspects: HashMap::new(),
+        seen: None,
+        checks: JoinSet::new(),
         queued: Arc::new(AtomicUsize::new(0)),
         started_ms: now_ms(),
         sweep_at: None,
@@ -1084,6 +1099,7 @@ async fn run_host(
         let _ = lister.await;
     }
     task.imports.shutdown().await;
+    task.checks.shutdown().await;
     task.flush().await?;
     shutdown.cancel();
     let _ = sub_task.await;
@@ -1109,6 +1125,11 @@ impl HostTask {
             }
             Control::ListDone => self.list_done(),
             Control::StartPass(kind, reason) => self.start_pass(kind, reason),
+            Control::Checked {
+                did,
+                answer,
+                reason,
+            } => self.checked(&did, answer, &reason).await?,
             Control::Forget(did, done) => {
                 self.resyncs.retain(|(d, _, _)| *d != did);
                 self.deferred.remove(&did);
@@ -2096,12 +2117,15 @@ impl HostTask {
                 .iter()
                 .cloned()
                 .collect();
-            for did in accounts {
-                if let Ok(Local::Here(_, true)) = self.local(&did) {
-                    let why = format!("reconcile ({reason})");
-                    self.queue_resync(&did, Source::Reconcile, &why);
-                }
-            }
+            // No listing for some accounts: each is asked about
+            // (`getRepoStatus`, `getLatestCommit`), and fetched only if
+            // the host has something barn lacks.
+            let known: Vec<String> = accounts
+                .into_iter()
+                .filter(|did| matches!(self.local(did), Ok(Local::Here(_, true))))
+                .collect();
+            self.inner.metrics.reconcile(&self.host, "pass_started");
+            self.spawn_checks(known, reason);
             // That was the whole pass: the next periodic one is an
             // interval from now, not due again at once.
             self.last_pass_done_ms = Some(now_ms());
@@ -2116,6 +2140,7 @@ impl HostTask {
         }
         tracing::info!(host = %self.host, ?kind, %reason, "listing host");
         self.inner.metrics.reconcile(&self.host, "pass_started");
+        self.seen = Some(HashSet::new());
         self.list = Some(ListPass {
             kind,
             reason,
@@ -2154,6 +2179,9 @@ impl HostTask {
         };
         let now = Instant::now();
         for r in &page.repos {
+            if let Some(seen) = self.seen.as_mut() {
+                seen.insert(did_hash(&r.did));
+            }
             let (mut state, known) = match self.local(&r.did)? {
                 Local::Here(state, known) => (state, known),
                 Local::Untracked | Local::Elsewhere => continue,
@@ -2177,35 +2205,9 @@ impl HostTask {
             if self.importing.contains_key(&r.did) {
                 continue;
             }
-            if state.active != r.active
-                || (!r.active && r.status.is_some() && state.status != r.status)
-            {
-                // An `#account` event barn missed.
-                tracing::info!(host = %self.host, did = %r.did, active = r.active, status = ?r.status, "account status from listRepos");
-                self.inner.metrics.reconcile(&self.host, "status_changed");
-                state.active = r.active;
-                state.status = if r.active { None } else { r.status.clone() };
-                self.pending.set_repo(&r.did, state.clone());
-            }
-            if state.head == Some(r.head) {
-                continue;
-            }
-            match state.rev.as_deref() {
-                Some(ours) if r.rev.as_str() < ours || r.rev.as_str() == ours => {
-                    // The host lists an older or forked head: barn keeps
-                    // its own (history only moves forward) and says so.
-                    self.inner.metrics.reconcile(&self.host, "host_behind");
-                    tracing::warn!(host = %self.host, did = %r.did, host_rev = %r.rev, barn_rev = ours, "host lists an older or different head than barn's");
-                }
-                _ => {
-                    self.suspects.entry(r.did.clone()).or_insert(Suspect {
-                        rev: r.rev.clone(),
-                        head: r.head,
-                        reason: pass.reason.clone(),
-                        at: now + self.inner.config.reconcile_grace,
-                    });
-                }
-            }
+            let status = (!r.active).then(|| r.status.clone()).flatten();
+            let latest = Some((r.head, r.rev.as_str()));
+            self.compare(&r.did, state, r.active, status, latest, &pass.reason, now);
         }
         if let Some(list) = self.list.as_mut() {
             list.listed += page.repos.len() as u64;
@@ -2216,10 +2218,154 @@ impl HostTask {
         Ok(())
     }
 
+    /// Compares what the host says of a repo barn holds (from a listing
+    /// or a direct question) with barn's state: a status barn missed is
+    /// applied now; a newer head becomes a suspect, fetched after the grace
+    /// period unless the firehose brings it meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    fn compare(
+        &mut self,
+        did: &str,
+        mut state: RepoState,
+        active: bool,
+        status: Option<String>,
+        latest: Option<(cid::Cid, &str)>,
+        reason: &str,
+        now: Instant,
+    ) {
+        if state.active != active || (!active && status.is_some() && state.status != status) {
+            // An `#account` event barn missed.
+            tracing::info!(host = %self.host, %did, active, ?status, %reason, "account status from the host");
+            self.inner.metrics.reconcile(&self.host, "status_changed");
+            if active && !state.active {
+                // Back: blobs it could not give while inactive, now.
+                self.pending.batch.retry_blobs_of(did);
+            }
+            state.active = active;
+            state.status = if active { None } else { status };
+            self.pending.set_repo(did, state.clone());
+        }
+        let Some((head, rev)) = latest else {
+            return;
+        };
+        if state.head == Some(head) {
+            return;
+        }
+        match state.rev.as_deref() {
+            Some(ours) if rev <= ours => {
+                // The host has an older or forked head: barn keeps its
+                // own (history only moves forward) and says so.
+                self.inner.metrics.reconcile(&self.host, "host_behind");
+                tracing::warn!(host = %self.host, %did, host_rev = %rev, barn_rev = ours, "host has an older or different head than barn's");
+            }
+            _ => {
+                self.suspects.entry(did.to_owned()).or_insert(Suspect {
+                    rev: rev.to_owned(),
+                    head,
+                    reason: reason.to_owned(),
+                    at: now + self.inner.config.reconcile_grace,
+                });
+            }
+        }
+    }
+
+    /// Asks the host about `dids` one by one, beside everything else.
+    fn spawn_checks(&mut self, dids: Vec<String>, reason: String) {
+        if dids.is_empty() {
+            return;
+        }
+        let cancel = self.link.cancel.child_token();
+        self.checks.spawn(crate::checks::run(
+            self.inner.clone(),
+            self.host.clone(),
+            dids,
+            reason,
+            self.link.me.clone(),
+            cancel,
+        ));
+    }
+
+    /// An answer of [`crate::checks`]. `RepoNotFound` from a host barn
+    /// holds the repo for means it moved (the DID document says so) or is
+    /// gone: then it is marked deleted, its data kept, as an `#account`
+    /// event would have.
+    async fn checked(
+        &mut self,
+        did: &str,
+        answer: crate::checks::Answer,
+        reason: &str,
+    ) -> Result<()> {
+        let Local::Here(state, true) = self.local(did)? else {
+            return Ok(());
+        };
+        if self.importing.contains_key(did) {
+            return Ok(());
+        }
+        match answer {
+            crate::checks::Answer::Status {
+                active,
+                status,
+                latest,
+            } => {
+                let latest = latest.as_ref().map(|(c, r)| (*c, r.as_str()));
+                self.compare(did, state, active, status, latest, reason, Instant::now());
+            }
+            crate::checks::Answer::NotFound => {
+                let _ = self.inner.resolver.refresh(did).await;
+                if let Some((false, id)) = self.authority(did).await? {
+                    self.moved(did, &id, state);
+                    return Ok(());
+                }
+                if marked_deleted(&state) {
+                    return Ok(());
+                }
+                self.inner.metrics.reconcile(&self.host, "gone");
+                tracing::warn!(host = %self.host, %did, %reason, "the host no longer has this repo: marked deleted, its backup kept");
+                let mut state = state;
+                state.active = false;
+                state.status = Some("deleted".into());
+                self.pending.set_repo(did, state);
+            }
+        }
+        Ok(())
+    }
+
     fn list_done(&mut self) {
         let Some(pass) = self.list.take() else {
             return;
         };
+        // Repos barn holds for this host that the whole listing did not
+        // show: deleted accounts drop out of `listRepos`, and only a
+        // direct question says what became of them.
+        if let Some(seen) = self.seen.take() {
+            match self.inner.store.repos() {
+                Ok(repos) => {
+                    let absent: Vec<String> = repos
+                        .into_iter()
+                        .filter(|(did, st)| {
+                            normalize_host(&st.host) == self.host
+                                && !seen.contains(&did_hash(did))
+                                && !marked_deleted(st)
+                                && !self.importing.contains_key(did)
+                                && self.tracks(did)
+                        })
+                        .map(|(did, _)| did)
+                        .collect();
+                    if !absent.is_empty() {
+                        self.inner.metrics.reconcile(&self.host, "not_listed");
+                        self.spawn_checks(
+                            absent,
+                            format!("reconcile ({}): not in listRepos", pass.reason),
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(host = %self.host, error = %e, "cannot read repos to find those the listing left out")
+                }
+            }
+        } else {
+            tracing::info!(host = %self.host, "pass resumed after a restart: repos it did not list are checked by the next pass");
+        }
         self.lister = None;
         self.last_pass_done_ms = Some(now_ms());
         self.pending.cursor_dirty = true;
@@ -2313,6 +2459,18 @@ impl HostTask {
             );
         }
     }
+}
+
+/// The account is known to be deleted on its host (its backup is kept).
+fn marked_deleted(state: &RepoState) -> bool {
+    !state.active && state.status.as_deref() == Some("deleted")
+}
+
+/// A DID's place in a pass's set of listed repos: 8 bytes a repo instead
+/// of the DID (a collision only skips one question until the next pass).
+fn did_hash(did: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(did)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
