@@ -36,8 +36,9 @@
 //! It counts and logs what consumers asked: `getRepo` per DID with each
 //! `since` ([`FakePds::get_repo_count`], [`FakePds::get_repo_since`]),
 //! `listRepos` with each cursor ([`FakePds::list_repos_cursors`]),
-//! `getBlob` per CID ([`FakePds::blob_requests`]), `subscribeRepos`
-//! connections.
+//! `getBlob` per CID ([`FakePds::blob_requests`]) and each one's times and
+//! body bytes sent ([`FakePds::blob_request_log`], [`peak_concurrency`]),
+//! `subscribeRepos` connections.
 //!
 //! [`FakeAccount`] is the other half: a signing key and a repo built with
 //! barn-repo, from which it drafts *valid* `#commit` events (new MST
@@ -60,7 +61,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cid::Cid;
@@ -158,6 +159,15 @@ pub enum BlobFault {
     CutAfter(usize),
     /// Waits this long, then serves the blob normally.
     Delay(Duration),
+    /// 200 with the full `Content-Length`; sends `bytes` of the body (at
+    /// most the blob's length), waits `stall`, then sends the rest: a
+    /// consumer is mid-body for as long as the test needs.
+    StallAfter {
+        /// Body bytes sent before the stall.
+        bytes: usize,
+        /// How long nothing is sent.
+        stall: Duration,
+    },
     /// 200 with the right body, but chunked (`Transfer-Encoding: chunked`)
     /// and without `Content-Length`: the client learns the size only by
     /// reading, as from a server that streams without knowing it.
@@ -185,6 +195,47 @@ struct State {
     blob_faults: HashMap<Cid, VecDeque<BlobFault>>,
     /// `getBlob` requests per CID (any DID, any outcome).
     blob_requests: HashMap<Cid, u64>,
+    /// Every `getBlob` request, in arrival order.
+    blob_log: Vec<BlobRequest>,
+}
+
+/// One `getBlob` request as the fake saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRequest {
+    /// The `cid` asked for.
+    pub cid: Cid,
+    /// The `did` asked for.
+    pub did: String,
+    /// When its request head had been read.
+    pub arrived: Instant,
+    /// When the fake began to write its answer (after any
+    /// [`BlobFault::Delay`]); `None` while it has not. The client cannot
+    /// have had the answer before this, so a request that arrives later
+    /// was sent after this one was under way, never instead of it.
+    pub answered: Option<Instant>,
+    /// Body bytes of a blob answer that the socket took so far (a client
+    /// that hangs up stops it short of the blob's length).
+    pub body_bytes: u64,
+}
+
+/// The most of `requests` that were under way at once, each from its
+/// arrival to its answer (one not yet answered: until now). An answer and
+/// an arrival at the same instant do not overlap.
+pub fn peak_concurrency<'a>(requests: impl IntoIterator<Item = &'a BlobRequest>) -> usize {
+    let now = Instant::now();
+    let mut edges: Vec<(Instant, i64)> = Vec::new();
+    for r in requests {
+        edges.push((r.arrived, 1));
+        edges.push((r.answered.unwrap_or(now), -1));
+    }
+    // At equal instants the ends (-1) sort before the starts (+1).
+    edges.sort();
+    let (mut open, mut peak) = (0i64, 0i64);
+    for (_, delta) in edges {
+        open += delta;
+        peak = peak.max(open);
+    }
+    peak as usize
 }
 
 /// An XRPC error: its name and message.
@@ -501,6 +552,12 @@ impl FakePds {
             .extend(faults);
     }
 
+    /// Every `getBlob` request so far, in arrival order, with its times
+    /// and the body bytes sent (see [`BlobRequest`]).
+    pub fn blob_request_log(&self) -> Vec<BlobRequest> {
+        self.shared.lock().blob_log.clone()
+    }
+
     /// `getBlob` requests for `cid` so far (any DID, any outcome, faults
     /// included; counted when the request arrives).
     pub fn blob_requests(&self, cid: &Cid) -> u64 {
@@ -667,15 +724,28 @@ async fn serve(
             let Some(cid) = param("cid").and_then(|c| c.parse::<Cid>().ok()) else {
                 return xrpc_error(&mut stream, "InvalidRequest", "cid must be a cid string").await;
             };
-            let fault = {
+            let (fault, request) = {
                 let mut state = shared.lock();
                 *state.blob_requests.entry(cid).or_default() += 1;
-                state
+                state.blob_log.push(BlobRequest {
+                    cid,
+                    did: did.clone(),
+                    arrived: Instant::now(),
+                    answered: None,
+                    body_bytes: 0,
+                });
+                let request = state.blob_log.len() - 1;
+                let fault = state
                     .blob_faults
                     .get_mut(&cid)
-                    .and_then(VecDeque::pop_front)
+                    .and_then(VecDeque::pop_front);
+                (fault, request)
             };
-            serve_blob(&mut stream, &shared, &did, &cid, fault).await
+            let answer = BlobAnswer {
+                shared: &shared,
+                request,
+            };
+            serve_blob(&mut stream, answer, &did, &cid, fault).await
         }
         "/xrpc/com.atproto.sync.listRepos" => {
             // Logged first, so a refused request shows in the log too.
@@ -726,15 +796,36 @@ async fn serve(
     }
 }
 
+/// Where one `getBlob` answer is logged.
+#[derive(Clone, Copy)]
+struct BlobAnswer<'a> {
+    shared: &'a Shared,
+    /// Its index in `blob_log`.
+    request: usize,
+}
+
+impl BlobAnswer<'_> {
+    fn log(&self, f: impl FnOnce(&mut BlobRequest)) {
+        if let Some(r) = self.shared.lock().blob_log.get_mut(self.request) {
+            f(r);
+        }
+    }
+}
+
 /// One `getBlob` answer: `fault` if there is one, else the blob or the
 /// error the PDS would answer.
 async fn serve_blob(
     stream: &mut TcpStream,
-    shared: &Shared,
+    answer: BlobAnswer<'_>,
     did: &str,
     cid: &Cid,
     fault: Option<BlobFault>,
 ) -> IoResult<()> {
+    if let Some(BlobFault::Delay(delay)) = &fault {
+        tokio::time::sleep(*delay).await;
+    }
+    // Before the first byte of any answer: see `BlobRequest::answered`.
+    answer.log(|r| r.answered = Some(Instant::now()));
     let body = match fault {
         Some(BlobFault::NotFound) => {
             return xrpc_error(stream, "InvalidRequest", "Blob not found").await;
@@ -770,19 +861,16 @@ async fn serve_blob(
             )
             .await;
         }
-        Some(BlobFault::Delay(delay)) => {
-            tokio::time::sleep(delay).await;
-            BlobBody::Whole
-        }
+        Some(BlobFault::Delay(_)) | None => BlobBody::Whole,
         Some(BlobFault::WrongBody) => BlobBody::Flipped,
         Some(BlobFault::CutAfter(n)) => BlobBody::Cut(n),
+        Some(BlobFault::StallAfter { bytes, stall }) => BlobBody::Stall(bytes, stall),
         Some(BlobFault::NoLength) => BlobBody::Chunked,
-        None => BlobBody::Whole,
     };
     // Read after any delay: the answer is the state when it is sent.
-    let found = shared.lock().blob(did, cid);
+    let found = answer.shared.lock().blob(did, cid);
     match found {
-        Ok((bytes, mime)) => send_blob(stream, cid, &bytes, &mime, body).await,
+        Ok((bytes, mime)) => send_blob(stream, answer, cid, &bytes, &mime, body).await,
         Err((error, message)) => xrpc_error(stream, error, &message).await,
     }
 }
@@ -797,6 +885,8 @@ enum BlobBody {
     Cut(usize),
     /// `Transfer-Encoding: chunked`, no `Content-Length`.
     Chunked,
+    /// This many bytes, a pause this long, the rest.
+    Stall(usize, Duration),
 }
 
 /// A 200 `getBlob` answer with the PDS's headers, the body written one
@@ -804,6 +894,7 @@ enum BlobBody {
 /// altered is copied).
 async fn send_blob(
     stream: &mut TcpStream,
+    answer: BlobAnswer<'_>,
     cid: &Cid,
     bytes: &Bytes,
     mime: &str,
@@ -830,10 +921,33 @@ async fn send_blob(
     let (limit, flip_at) = match body {
         BlobBody::Cut(n) => (n.min(bytes.len()), None),
         BlobBody::Flipped => (bytes.len(), Some(bytes.len() / 2)),
-        BlobBody::Whole | BlobBody::Chunked => (bytes.len(), None),
+        BlobBody::Whole | BlobBody::Chunked | BlobBody::Stall(..) => (bytes.len(), None),
+    };
+    let mut stall = match body {
+        BlobBody::Stall(at, pause) => Some((at.min(bytes.len()), pause)),
+        _ => None,
     };
     let mut offset = 0;
-    for chunk in bytes[..limit].chunks(BLOB_CHUNK) {
+    // Chunks end at the stall point, so exactly that many bytes go first.
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while start < limit {
+        let mut end = (start + BLOB_CHUNK).min(limit);
+        if let Some((at, _)) = stall
+            && start < at
+        {
+            end = end.min(at);
+        }
+        chunks.push(&bytes[start..end]);
+        start = end;
+    }
+    for chunk in chunks {
+        if let Some((at, pause)) = stall
+            && offset >= at
+        {
+            tokio::time::sleep(pause).await;
+            stall = None;
+        }
         let end = offset + chunk.len();
         let altered;
         let piece = match flip_at {
@@ -854,6 +968,7 @@ async fn send_blob(
         } else {
             stream.write_all(piece).await?;
         }
+        answer.log(|r| r.body_bytes += piece.len() as u64);
         offset = end;
     }
     if matches!(body, BlobBody::Chunked) {
@@ -1062,6 +1177,9 @@ pub struct DraftOptions {
     /// Record `i` references blob `blobs[i]` (an `image` blob ref), for
     /// the first `blobs.len()` records.
     pub blobs: Vec<Cid>,
+    /// Write those refs in the legacy form, `{"cid": …, "mimeType": …}`
+    /// (old records still carry it), instead of `{"$type": "blob", …}`.
+    pub legacy_blobs: bool,
 }
 
 impl Default for DraftOptions {
@@ -1072,6 +1190,7 @@ impl Default for DraftOptions {
             rev: None,
             padding: 0,
             blobs: Vec::new(),
+            legacy_blobs: false,
         }
     }
 }
@@ -1245,12 +1364,16 @@ impl FakeAccount {
                 "text": "x".repeat(options.padding),
             });
             if let Some(blob) = options.blobs.get(i as usize) {
-                json["image"] = json!({
-                    "$type": "blob",
-                    "ref": {"$link": blob.to_string()},
-                    "mimeType": "application/octet-stream",
-                    "size": 0,
-                });
+                json["image"] = if options.legacy_blobs {
+                    json!({"cid": blob.to_string(), "mimeType": "image/jpeg"})
+                } else {
+                    json!({
+                        "$type": "blob",
+                        "ref": {"$link": blob.to_string()},
+                        "mimeType": "application/octet-stream",
+                        "size": 0,
+                    })
+                };
             }
             let value = barn_repo::data::record_from_json(&json).map_err(Error::repo(&what))?;
             let bytes = barn_repo::data::encode(&value).map_err(Error::repo(&what))?;

@@ -42,7 +42,8 @@ pub mod xrpc;
 pub use compare::{Comparison, Identity, compare_cars, compare_with_pds};
 pub use error::{Error, Result};
 pub use fake_pds::{
-    AccountHead, BlobFault, DraftCommit, DraftOptions, FakeAccount, FakePds, did_doc,
+    AccountHead, BlobFault, BlobRequest, DraftCommit, DraftOptions, FakeAccount, FakePds, did_doc,
+    peak_concurrency,
 };
 pub use network::{Network, NetworkOptions, Pds, Plc};
 pub use s3::S3Server;
