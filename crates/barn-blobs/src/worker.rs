@@ -17,12 +17,21 @@
 //! - Whether an account can be fetched from is read at dispatch time (its
 //!   current host, its status), so a migrated account's blobs come from
 //!   its new PDS and an inactive account's are not asked for.
+//! - **One host never holds up the others.** The queue is ordered by due
+//!   time, not by host, so a host with a backlog (at its `per_host` cap,
+//!   or paused by a 429) can fill the oldest part of it. A scan skips the
+//!   entries of hosts that cannot take a fetch now (looking each account's
+//!   host up once per scan) and looks further; a deep scan, once per
+//!   `poll`, goes on from where the last one ended, round the whole due
+//!   queue, so the others' blobs are reached however long the backlog.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use barn_store::{BlobOutcome, BlobStatus, DueBlob, Store, now_ms};
+use barn_store::{
+    BlobOutcome, BlobState, BlobStatus, DueBlob, DueChoice, DuePosition, Store, now_ms,
+};
 use cid::Cid;
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -129,8 +138,17 @@ pub struct BlobConfig {
     pub concurrency: usize,
     /// Fetches at once from one host.
     pub per_host: usize,
-    /// How often the queue is looked at when nothing wakes the dispatcher.
+    /// How often the queue is looked at when nothing wakes the dispatcher;
+    /// also how often a scan may look past the oldest due entries (see
+    /// `scan_budget`).
     pub poll: Duration,
+    /// Due entries one deep scan looks at, at most. Every scan skips
+    /// entries whose host is paused or at `per_host`; a deep scan (once
+    /// per `poll`) goes on from where the last one ended, round the whole
+    /// due queue in turn, so one host's backlog cannot keep the others'
+    /// blobs from ever being looked at. The scans in between look only at
+    /// the oldest few, to stay cheap when many fetches end.
+    pub scan_budget: usize,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Longest silence while reading a response.
@@ -146,6 +164,7 @@ impl Default for BlobConfig {
             concurrency: 16,
             per_host: 4,
             poll: Duration::from_millis(200),
+            scan_budget: 1024,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
@@ -177,6 +196,37 @@ struct Dispatcher {
     host_paused: HashMap<String, Instant>,
     store_paused: Option<Instant>,
     store_failures: u32,
+    /// Where the last deep scan of the queue ended.
+    resume: Option<DuePosition>,
+    /// When the last deep scan ran.
+    last_deep: Option<Instant>,
+}
+
+/// Where a due blob's account sends it: a host to fetch from, or a failure
+/// recorded without asking anyone.
+#[derive(Debug, Clone)]
+enum Route {
+    Host(String),
+    Fail(Failure),
+}
+
+/// The route of `did`'s blobs, read at dispatch time (see the module's
+/// tricky bits).
+fn route(store: &Store, did: &str) -> barn_store::Result<Route> {
+    Ok(match store.repo(did)? {
+        None => Route::Fail(Failure::Untracked),
+        Some(r) if !r.active => {
+            let status = match r.status.as_deref() {
+                Some("deactivated") => "deactivated",
+                Some("takendown") => "takendown",
+                Some("suspended") => "suspended",
+                Some("deleted") => "deleted",
+                _ => "inactive",
+            };
+            Route::Fail(Failure::Inactive(status))
+        }
+        Some(r) => Route::Host(r.host),
+    })
 }
 
 impl BlobWorkers {
@@ -206,6 +256,8 @@ impl BlobWorkers {
             host_paused: HashMap::new(),
             store_paused: None,
             store_failures: 0,
+            resume: None,
+            last_deep: None,
         };
         let task = tokio::spawn(d.run(stopped, wake.clone()));
         Ok(BlobWorkers {
@@ -289,15 +341,68 @@ impl Dispatcher {
         let store_ok = self.store_paused.is_none_or(|t| t <= now);
         let free = self.config.concurrency.saturating_sub(self.in_flight.len());
         if store_ok && free > 0 {
-            let in_flight = &self.in_flight;
-            let due = self
-                .store
-                .due_blobs(now_ms(), free * 8 + 16, &|c| in_flight.contains_key(c))?;
-            for d in due {
-                if self.in_flight.len() >= self.config.concurrency {
-                    break;
+            let deep = self
+                .last_deep
+                .is_none_or(|t| now.duration_since(t) >= self.config.poll);
+            let (from, budget) = if deep {
+                self.last_deep = Some(now);
+                (self.resume.take(), self.config.scan_budget.max(1))
+            } else {
+                (None, free * 8 + 16)
+            };
+            // Each account's route is read once per scan; the fetches
+            // planned per host count against its cap as the scan goes, so
+            // a host's entries past its free slots are skipped and the
+            // scan reaches other hosts' blobs.
+            let mut routes: HashMap<String, Route> = HashMap::new();
+            let mut planned: HashMap<String, usize> = HashMap::new();
+            let mut planned_all = 0;
+            let scan = {
+                let (store, in_flight, busy, paused) = (
+                    &self.store,
+                    &self.in_flight,
+                    &self.per_host,
+                    &self.host_paused,
+                );
+                let cap = self.config.per_host;
+                let mut choose = |cid: &Cid, state: &BlobState| {
+                    if in_flight.contains_key(cid) {
+                        return Ok(DueChoice::Skip);
+                    }
+                    if !routes.contains_key(&state.did) {
+                        routes.insert(state.did.clone(), route(store, &state.did)?);
+                    }
+                    let Some(Route::Host(host)) = routes.get(&state.did) else {
+                        // Settled at once, without a fetch slot.
+                        return Ok(DueChoice::Take);
+                    };
+                    if planned_all >= free {
+                        return Ok(DueChoice::Stop);
+                    }
+                    if paused.contains_key(host) {
+                        return Ok(DueChoice::Skip);
+                    }
+                    let n = planned
+                        .entry(host.clone())
+                        .or_insert_with(|| busy.get(host).copied().unwrap_or(0));
+                    if *n >= cap {
+                        return Ok(DueChoice::Skip);
+                    }
+                    *n += 1;
+                    planned_all += 1;
+                    Ok(DueChoice::Take)
+                };
+                store.due_blobs(now_ms(), from.as_ref(), budget, &mut choose)?
+            };
+            if deep {
+                self.resume = scan.next;
+            }
+            for d in scan.blobs {
+                match routes.get(&d.state.did).cloned() {
+                    Some(Route::Host(host)) => self.start_one(d, host),
+                    Some(Route::Fail(failure)) => self.record_failure(&d, failure)?,
+                    None => {}
                 }
-                self.start_one(d)?;
             }
         }
         let oldest = self
@@ -313,30 +418,10 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn start_one(&mut self, d: DueBlob) -> Result<()> {
-        let repo = self.store.repo(&d.state.did)?;
-        let host = match repo {
-            None => return self.record_failure(&d, Failure::Untracked),
-            Some(r) if !r.active => {
-                let status = match r.status.as_deref() {
-                    Some("deactivated") => "deactivated",
-                    Some("takendown") => "takendown",
-                    Some("suspended") => "suspended",
-                    Some("deleted") => "deleted",
-                    _ => "inactive",
-                };
-                return self.record_failure(&d, Failure::Inactive(status));
-            }
-            Some(r) => r.host,
-        };
-        if self.host_paused.contains_key(&host) {
-            return Ok(());
-        }
-        let busy = self.per_host.entry(host.clone()).or_default();
-        if *busy >= self.config.per_host {
-            return Ok(());
-        }
-        *busy += 1;
+    /// Starts fetching `d` from `host`; the scan that chose it checked the
+    /// host's pause and cap.
+    fn start_one(&mut self, d: DueBlob, host: String) {
+        *self.per_host.entry(host.clone()).or_default() += 1;
         self.in_flight.insert(d.cid, host.clone());
         let (client, storage, max) = (
             self.client.clone(),
@@ -348,7 +433,6 @@ impl Dispatcher {
             let r = fetch(&client, &storage, &host, &d.state.did, &d.cid, max).await;
             (d, started, r)
         });
-        Ok(())
     }
 
     fn settle(&mut self, (d, started, result): Done) -> Result<()> {
@@ -440,5 +524,24 @@ mod tests {
             p.after(&Failure::Inactive("takendown"), 1),
             (BlobStatus::Missing, p.inactive)
         );
+        // Wrong bytes or too large: missing at once, on the slow schedule
+        // (the source will not change its mind in seconds).
+        for failure in [
+            Failure::HashMismatch("bafk".into()),
+            Failure::TooLarge(1 << 30),
+        ] {
+            let (s, d) = p.after(&failure, 1);
+            assert_eq!(s, BlobStatus::Missing, "{failure:?}");
+            assert!(
+                d >= p.missing_first.mul_f64(0.75) && d <= p.missing_first.mul_f64(1.25),
+                "{failure:?}: {d:?}"
+            );
+            let (s, d) = p.after(&failure, 30);
+            assert_eq!(s, BlobStatus::Missing, "{failure:?}");
+            assert!(
+                d >= p.missing_max.mul_f64(0.75) && d <= p.missing_max.mul_f64(1.25),
+                "{failure:?}: {d:?}"
+            );
+        }
     }
 }

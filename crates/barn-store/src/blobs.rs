@@ -137,6 +137,34 @@ pub struct DueBlob {
     pub state: BlobState,
 }
 
+/// What a [`Store::due_blobs`] scan does with one due entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DueChoice {
+    /// Leave it (in flight, or not to be fetched now) and look further.
+    Skip,
+    /// Return it and look further.
+    Take,
+    /// Return nothing more; a later scan may go on from this entry.
+    Stop,
+}
+
+/// A place in the blob queue where a scan of due entries ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuePosition {
+    due_ms: u64,
+    cid: Cid,
+}
+
+/// What one [`Store::due_blobs`] scan found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DueScan {
+    /// The entries taken, in scan order.
+    pub blobs: Vec<DueBlob>,
+    /// The first entry not looked at, when the budget ran out or the scan
+    /// was stopped; `None` when the scan went round the whole due ring.
+    pub next: Option<DuePosition>,
+}
+
 pub(crate) fn queue_key(due_ms: u64, cid: &Cid) -> Vec<u8> {
     let mut k = due_ms.to_be_bytes().to_vec();
     k.extend_from_slice(&cid.to_bytes());
@@ -149,6 +177,17 @@ pub(crate) fn ref_key(did: &str, cid: &Cid) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&cid.to_bytes());
     k
+}
+
+/// A queue key's due time and CID.
+fn parse_queue_key(key: &[u8]) -> Result<(u64, Cid)> {
+    let Some((due, cid)) = key.split_first_chunk::<8>() else {
+        return Err(Error::Corrupt {
+            what: "blob queue key",
+            detail: format!("{} bytes", key.len()),
+        });
+    };
+    Ok((u64::from_be_bytes(*due), parse_cid("blob queue key", cid)?))
 }
 
 fn parse_cid(what: &'static str, bytes: &[u8]) -> Result<Cid> {
@@ -266,30 +305,41 @@ impl Store {
         }
     }
 
-    /// Queue entries due at or before `now_ms`, oldest first, at most
-    /// `limit`, skipping the CIDs in `skip` (in flight).
+    /// Looks at the queue entries due at or before `now_ms` as a ring:
+    /// from `from` (or the oldest) to the newest due, then from the oldest
+    /// up to `from`, at most `budget` entries in all. `choose` says of each
+    /// (with its state) whether to take it, skip it or end the scan there.
+    /// The scan's [`DueScan::next`] is where a later scan can go on from,
+    /// so that entries past the budget are reached in turn rather than
+    /// never (a caller skipping many entries, say of a host that is not to
+    /// be asked now, would otherwise always stop short of the rest).
     pub fn due_blobs(
         &self,
         now_ms: u64,
-        limit: usize,
-        skip: &dyn Fn(&Cid) -> bool,
-    ) -> Result<Vec<DueBlob>> {
-        let mut out = Vec::new();
-        let end = (now_ms.saturating_add(1)).to_be_bytes();
-        for guard in self.blob_queue.range(..end.as_slice()) {
+        from: Option<&DuePosition>,
+        budget: usize,
+        choose: &mut dyn FnMut(&Cid, &BlobState) -> Result<DueChoice>,
+    ) -> Result<DueScan> {
+        let end = now_ms.saturating_add(1).to_be_bytes().to_vec();
+        // The empty key is the oldest entry's lower bound (and the wrapped
+        // part is then empty). A position at or past the due end (a clock
+        // that went back) would make an inverted range: the oldest again.
+        let start = from
+            .map(|p| queue_key(p.due_ms, &p.cid))
+            .filter(|k| *k < end)
+            .unwrap_or_default();
+        let entries = self
+            .blob_queue
+            .range(start.clone()..end)
+            .chain(self.blob_queue.range(..start));
+        let mut scan = DueScan::default();
+        for (examined, guard) in entries.enumerate() {
             let key = guard.key()?;
-            if key.len() < 8 {
-                return Err(Error::Corrupt {
-                    what: "blob queue key",
-                    detail: format!("{} bytes", key.len()),
-                });
-            }
-            let mut due = [0u8; 8];
-            due.copy_from_slice(&key[..8]);
-            let due_ms = u64::from_be_bytes(due);
-            let cid = parse_cid("blob queue key", &key[8..])?;
-            if skip(&cid) {
-                continue;
+            let (due_ms, cid) = parse_queue_key(&key)?;
+            if examined >= budget {
+                // One past the budget is read only to say where to go on.
+                scan.next = Some(DuePosition { due_ms, cid });
+                break;
             }
             let Some(state) = self.blob(&cid)? else {
                 // Not reachable through the lock discipline; keep going
@@ -297,29 +347,22 @@ impl Store {
                 tracing::warn!(%cid, "blob queue entry without state");
                 continue;
             };
-            out.push(DueBlob { cid, due_ms, state });
-            if out.len() >= limit {
-                break;
+            match choose(&cid, &state)? {
+                DueChoice::Skip => {}
+                DueChoice::Take => scan.blobs.push(DueBlob { cid, due_ms, state }),
+                DueChoice::Stop => {
+                    scan.next = Some(DuePosition { due_ms, cid });
+                    break;
+                }
             }
         }
-        Ok(out)
+        Ok(scan)
     }
 
     /// The earliest queue entry's due time, if any.
     pub fn next_blob_due(&self) -> Result<Option<u64>> {
         match self.blob_queue.first_key_value() {
-            Some(guard) => {
-                let key = guard.key()?;
-                let mut due = [0u8; 8];
-                if key.len() < 8 {
-                    return Err(Error::Corrupt {
-                        what: "blob queue key",
-                        detail: format!("{} bytes", key.len()),
-                    });
-                }
-                due.copy_from_slice(&key[..8]);
-                Ok(Some(u64::from_be_bytes(due)))
-            }
+            Some(guard) => Ok(Some(parse_queue_key(&guard.key()?)?.0)),
             None => Ok(None),
         }
     }
@@ -404,10 +447,7 @@ impl Store {
                 let mut v = Vec::new();
                 for guard in self.blob_queue.iter() {
                     let key = guard.key()?;
-                    v.push(parse_cid(
-                        "blob queue key",
-                        key.get(8..).unwrap_or_default(),
-                    )?);
+                    v.push(parse_queue_key(&key)?.1);
                 }
                 v
             }
@@ -519,10 +559,17 @@ mod tests {
             .unwrap()
     }
 
-    fn due(store: &Store) -> Vec<Cid> {
+    /// Every entry due at `now`.
+    fn due_at(store: &Store, now: u64) -> Vec<DueBlob> {
         store
-            .due_blobs(u64::MAX - 1, 100, &|_| false)
+            .due_blobs(now, None, usize::MAX, &mut |_, _| Ok(DueChoice::Take))
             .unwrap()
+            .blobs
+    }
+
+    /// Every entry, due or not.
+    fn due(store: &Store) -> Vec<Cid> {
+        due_at(store, u64::MAX - 1)
             .into_iter()
             .map(|d| d.cid)
             .collect()
@@ -574,25 +621,15 @@ mod tests {
             (s.status, s.attempts, s.due_ms),
             (BlobStatus::Missing, 1, Some(later))
         );
-        assert!(
-            store
-                .due_blobs(now_ms(), 10, &|_| false)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(due_at(&store, now_ms()).is_empty());
         assert_eq!(store.next_blob_due().unwrap(), Some(later));
         assert_eq!(store.missing_blobs(ALICE).unwrap().len(), 1);
 
         // The same account again: no change. Another: due now, through it.
         refs(&store, &[(ALICE, a)]);
-        assert!(
-            store
-                .due_blobs(now_ms(), 10, &|_| false)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(due_at(&store, now_ms()).is_empty());
         refs(&store, &[(BOB, a)]);
-        let d = store.due_blobs(now_ms(), 10, &|_| false).unwrap();
+        let d = due_at(&store, now_ms());
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].state.did, BOB);
         assert_eq!(due(&store).len(), 1, "the old entry was moved, not copied");
@@ -631,9 +668,79 @@ mod tests {
         let mut batch = Batch::new();
         batch.retry_blobs_of(ALICE);
         store.write(batch).unwrap();
-        let d = store.due_blobs(now_ms(), 10, &|_| false).unwrap();
+        let d = due_at(&store, now_ms());
         assert_eq!(d.iter().map(|d| d.cid).collect::<Vec<_>>(), vec![a]);
         assert_eq!(due(&store).len(), 2, "moved, not copied");
+    }
+
+    #[test]
+    fn a_due_scan_goes_round_the_ring_within_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        // c0..c9 due at 1001..1010: ALICE's first, then BOB's.
+        let cids: Vec<Cid> = (0..10u8).map(|i| cid_for_raw(&[i])).collect();
+        for (i, cid) in cids.iter().enumerate() {
+            let did = if i < 6 { ALICE } else { BOB };
+            refs(&store, &[(did, *cid)]);
+            fail(&store, cid, BlobStatus::Queued, "x", 1001 + i as u64);
+        }
+        let bobs = |_: &Cid, s: &BlobState| -> Result<DueChoice> {
+            Ok(if s.did == BOB {
+                DueChoice::Take
+            } else {
+                DueChoice::Skip
+            })
+        };
+        let taken = |scan: &DueScan| scan.blobs.iter().map(|d| d.cid).collect::<Vec<_>>();
+
+        // The budget ends a scan among skipped entries; the next goes on
+        // from there instead of looking at the same ones again.
+        let first = store.due_blobs(2000, None, 4, &mut { bobs }).unwrap();
+        assert!(first.blobs.is_empty());
+        let second = store
+            .due_blobs(2000, first.next.as_ref(), 4, &mut { bobs })
+            .unwrap();
+        assert_eq!(taken(&second), vec![cids[6], cids[7]]);
+        // Past the newest due entry it wraps round to the oldest, once.
+        let third = store
+            .due_blobs(2000, second.next.as_ref(), 100, &mut { bobs })
+            .unwrap();
+        assert_eq!(
+            taken(&third),
+            vec![cids[8], cids[9], cids[6], cids[7]],
+            "from c8 round to c7"
+        );
+        assert_eq!(third.next, None, "the whole ring was looked at");
+
+        // Stop ends the scan before the entry, and the next one starts there.
+        let mut n = 0;
+        let stopped = store
+            .due_blobs(2000, None, 100, &mut |_, _| {
+                n += 1;
+                Ok(if n == 1 {
+                    DueChoice::Take
+                } else {
+                    DueChoice::Stop
+                })
+            })
+            .unwrap();
+        assert_eq!(taken(&stopped), vec![cids[0]]);
+        let rest = store
+            .due_blobs(2000, stopped.next.as_ref(), 100, &mut |_, _| {
+                Ok(DueChoice::Take)
+            })
+            .unwrap();
+        let mut ring = cids[1..].to_vec();
+        ring.push(cids[0]);
+        assert_eq!(taken(&rest), ring);
+
+        // Only what is due; a place past the due end starts at the oldest.
+        let early = store
+            .due_blobs(1005, second.next.as_ref(), 100, &mut |_, _| {
+                Ok(DueChoice::Take)
+            })
+            .unwrap();
+        assert_eq!(taken(&early), cids[..5].to_vec());
     }
 
     #[test]
@@ -666,9 +773,9 @@ mod tests {
             );
         }
         assert_eq!(store.retry_blobs_now(Some(ALICE)).unwrap(), 1);
-        let d = store.due_blobs(now_ms(), 10, &|_| false).unwrap();
+        let d = due_at(&store, now_ms());
         assert_eq!(d.iter().map(|d| d.cid).collect::<Vec<_>>(), vec![a]);
         assert_eq!(store.retry_blobs_now(None).unwrap(), 1);
-        assert_eq!(store.due_blobs(now_ms(), 10, &|_| false).unwrap().len(), 2);
+        assert_eq!(due_at(&store, now_ms()).len(), 2);
     }
 }

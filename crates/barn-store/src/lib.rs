@@ -29,7 +29,10 @@ mod revision;
 mod store;
 
 pub use admin::{DeleteReport, Tracking};
-pub use blobs::{BlobCounts, BlobHint, BlobOutcome, BlobState, BlobStatus, DueBlob};
+pub use blobs::{
+    BlobCounts, BlobHint, BlobOutcome, BlobState, BlobStatus, DueBlob, DueChoice, DuePosition,
+    DueScan,
+};
 pub use codec::{BlockCodec, DictionarySource};
 pub use error::{Error, Result};
 pub use model::{
