@@ -1,11 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The source misbehaves in every way a PDS can: 404 (both forms), 429
-//! with Retry-After, 500, a body that does not hash to the CID, a body
-//! over the limit (declared and undeclared), a connection cut mid-body.
-//! Each is counted with its reason, nothing wrong is ever in the object
-//! store, blobs the source never gives are listed as missing for their
-//! account with the reason, and everything else is stored once the source
-//! behaves.
+//! with Retry-After, 500, a body that does not hash to the CID (once, or
+//! always), a body over the limit (declared and undeclared), a connection
+//! cut mid-body. Each is counted with its reason, nothing wrong is ever in
+//! the object store, blobs the source never gives are listed as missing
+//! for their account with the reason, and everything else is stored once
+//! the source behaves. A 429's Retry-After (longer than the fallback wait)
+//! is honoured for the blob, and its host is asked nothing meanwhile.
 
 mod common;
 
@@ -20,6 +21,9 @@ use cid::Cid;
 use common::{ALICE, fast_config, host_account, reference, stored, wait_until};
 
 const LIMIT: u64 = 1 << 20;
+/// The 429's Retry-After: twice `fast_config`'s fallback for a 429
+/// without one would still be far shorter.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 fn bytes(n: usize, seed: u8) -> Bytes {
     Bytes::from(
@@ -42,6 +46,7 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
     let limited = set(2000, 3);
     let failing = set(3000, 4);
     let wrong = set(4000, 5);
+    let always_wrong = set(4500, 10);
     let cut = set(300_000, 6);
     let unlengthed = set(5000, 7);
     let too_big = set(LIMIT as usize + 1, 8);
@@ -54,7 +59,7 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
     fake.script_blob(
         &limited,
         vec![BlobFault::TooManyRequests {
-            retry_after_secs: 1,
+            retry_after_secs: RETRY_AFTER.as_secs(),
         }],
     );
     fake.script_blob(
@@ -62,6 +67,7 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
         vec![BlobFault::ServerError, BlobFault::ServerError],
     );
     fake.script_blob(&wrong, vec![BlobFault::WrongBody]);
+    fake.script_blob(&always_wrong, vec![BlobFault::WrongBody; 1000]);
     fake.script_blob(&cut, vec![BlobFault::CutAfter(100_000)]);
     fake.script_blob(&unlengthed, vec![BlobFault::NoLength]);
     fake.script_blob(&too_big_unlengthed, vec![BlobFault::NoLength]);
@@ -72,13 +78,10 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
     .unwrap();
     let metrics = Metrics::new().unwrap();
     let started = Instant::now();
-    let workers = BlobWorkers::start(
-        store.clone(),
-        storage.clone(),
-        fast_config(LIMIT),
-        metrics.clone(),
-    )
-    .unwrap();
+    let config = fast_config(LIMIT);
+    assert!(config.retry.rate_limited < RETRY_AFTER / 4);
+    let workers =
+        BlobWorkers::start(store.clone(), storage.clone(), config, metrics.clone()).unwrap();
     let good = [
         not_found,
         not_found_lexicon,
@@ -88,17 +91,9 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
         cut,
         unlengthed,
     ];
-    let bad = [too_big, too_big_unlengthed, never, not_a_blob];
+    let bad = [too_big, too_big_unlengthed, never, not_a_blob, always_wrong];
     reference(&store, ALICE, &good);
     reference(&store, ALICE, &bad);
-
-    // 429: nothing more for that host's blob before Retry-After.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        fake.blob_requests(&limited),
-        1,
-        "asked again before Retry-After"
-    );
 
     wait_until(
         &store,
@@ -108,11 +103,32 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
         stored,
     )
     .await;
-    let limited_state = store.blob(&limited).unwrap().unwrap();
+    // 429: that blob not asked for again before its Retry-After (queue
+    // times are whole milliseconds, hence the 10 ms), and its host asked
+    // for nothing while paused (other blobs are retried every few hundred
+    // ms, so a host that was not paused would be asked). The first
+    // requests after the pause began may have been on their way already.
+    let log = fake.blob_request_log();
+    let asked: Vec<_> = log.iter().filter(|r| r.cid == limited).collect();
+    assert!(asked.len() >= 2, "{asked:?}");
+    let again = asked[1].arrived - asked[0].arrived;
     assert!(
-        limited_state.stored_ms.unwrap() - limited_state.first_seen_ms >= 1000,
-        "stored {} ms after being queued, before Retry-After",
-        limited_state.stored_ms.unwrap() - limited_state.first_seen_ms
+        again >= RETRY_AFTER - Duration::from_millis(10),
+        "asked again {again:?} after the 429"
+    );
+    let paused_at = asked[0].answered.unwrap();
+    let slack = Duration::from_millis(300);
+    let during: Vec<_> = log
+        .iter()
+        .filter(|r| r.arrived > paused_at + slack && r.arrived < paused_at + RETRY_AFTER - slack)
+        .map(|r| (r.cid, r.arrived - paused_at))
+        .collect();
+    assert!(during.is_empty(), "asked while paused: {during:?}");
+    let limited_state = store.blob(&limited).unwrap().unwrap();
+    let waited = limited_state.stored_ms.unwrap() - limited_state.first_seen_ms;
+    assert!(
+        waited >= RETRY_AFTER.as_millis() as u64,
+        "stored {waited} ms after being queued, before Retry-After",
     );
     wait_until(
         &store,
@@ -152,6 +168,13 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
         "each good blob stored once"
     );
     assert!(metrics.missing("too_large") >= 2 && metrics.missing("not_found") >= 1);
+    // Wrong bytes make a blob missing at once: the one wrong once too,
+    // before its retry got the right bytes.
+    assert!(
+        metrics.missing("hash_mismatch") >= 2,
+        "{}",
+        metrics.missing("hash_mismatch")
+    );
 
     // The account's missing list, with reasons.
     let missing: Vec<(Cid, String)> = store
@@ -166,7 +189,8 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
             .find(|(c, _)| c == cid)
             .map(|(_, r)| r.as_str())
     };
-    assert_eq!(missing.len(), 4, "{missing:?}");
+    assert_eq!(missing.len(), 5, "{missing:?}");
+    assert_eq!(reason(&always_wrong), Some("hash_mismatch"));
     assert_eq!(reason(&too_big), Some("too_large"));
     assert_eq!(reason(&too_big_unlengthed), Some("too_large"));
     assert_eq!(reason(&never), Some("not_found"));
@@ -174,11 +198,10 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
     let counts = store.blob_counts(ALICE).unwrap();
     assert_eq!(
         (counts.referenced, counts.stored, counts.missing),
-        (11, 7, 4)
+        (12, 7, 5)
     );
 
-    // The declared-too-large blob was refused without reading its body
-    // into the store, and the missing ones keep being retried, slowly.
+    // The missing ones keep being retried, slowly.
     let before = fake.blob_requests(&never);
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(
@@ -186,6 +209,62 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
         "missing blobs are retried"
     );
     workers.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+/// A blob whose `Content-Length` is over the limit is refused on its
+/// headers: its body is not read (the fake could send only what the
+/// sockets buffer before barn hung up, far less than the limit, which
+/// reading up to the limit would have taken), and the reason names the
+/// declared size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_declared_too_large_is_refused_before_its_body_is_read() {
+    const LIMIT: u64 = 16 << 20;
+    const SIZE: usize = 48 << 20;
+    let (_dir, store) = common::store();
+    let blob_dir = tempfile::tempdir().unwrap();
+    let fake = FakePds::start().await.unwrap();
+    host_account(&store, ALICE, fake.url());
+    let huge = fake.set_blob(ALICE, bytes(SIZE, 11), "video/mp4");
+    let storage = BlobStorage::open(&StorageConfig::Local {
+        dir: blob_dir.path().to_owned(),
+    })
+    .unwrap();
+    let metrics = Metrics::new().unwrap();
+    let workers = BlobWorkers::start(
+        store.clone(),
+        storage.clone(),
+        fast_config(LIMIT),
+        metrics.clone(),
+    )
+    .unwrap();
+    reference(&store, ALICE, &[huge]);
+    wait_until(
+        &store,
+        &[huge],
+        Duration::from_secs(10),
+        "missing: too large",
+        |s| s.status == BlobStatus::Missing,
+    )
+    .await;
+    workers.stop(Duration::from_secs(1)).await.unwrap();
+    let state = store.blob(&huge).unwrap().unwrap();
+    assert_eq!(state.reason.as_deref(), Some("too_large"));
+    assert_eq!(
+        state.detail.as_deref(),
+        Some(format!("{SIZE} bytes or more, over the limit").as_str()),
+        "refused on the declared length, not after reading up to the limit"
+    );
+    let log = fake.blob_request_log();
+    assert!(!log.is_empty());
+    for r in &log {
+        assert!(
+            r.body_bytes < LIMIT / 2,
+            "{} body bytes sent before barn hung up",
+            r.body_bytes
+        );
+    }
+    assert!(storage.read(&huge).await.unwrap().is_none());
+    assert_eq!(metrics.missing("too_large"), 1);
 }
 
 /// The source says the account is taken down: its blobs are missing with

@@ -48,7 +48,7 @@ pub fn fast_config(max_blob_bytes: u64) -> BlobConfig {
             missing_first: Duration::from_millis(200),
             missing_max: Duration::from_millis(400),
             inactive: Duration::from_millis(400),
-            rate_limited: Duration::from_secs(1),
+            rate_limited: Duration::from_millis(100),
             store_first: Duration::from_millis(100),
             store_max: Duration::from_millis(400),
         },
