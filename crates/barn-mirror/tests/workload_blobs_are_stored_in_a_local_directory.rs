@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! barn follows PDS a through the whole workload with its blob workers
-//! keeping blobs in a local directory (the default storage): every blob of
-//! every live record ends up stored, byte-identical to `getBlob`, and
-//! blobs whose records were deleted or replaced are kept.
+//! barn follows both PDSes through the whole workload with its blob
+//! workers keeping blobs in a local directory (the default storage): every
+//! blob of every account's live records ends up stored, byte-identical to
+//! `getBlob`, and blobs whose records were deleted or replaced are kept.
 
 mod common;
 

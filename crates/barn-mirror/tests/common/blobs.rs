@@ -1,8 +1,9 @@
-//! The blob half of the network tests: barn follows PDS a through the
+//! The blob half of the network tests: barn follows both PDSes through the
 //! whole workload with blob workers running, into the storage given; at
-//! the end every blob a live record references is stored, byte-identical
-//! to the PDS's `getBlob`, and blobs whose records were deleted or
-//! replaced while barn was watching are still there.
+//! the end every blob a live record of every account references (gwen's
+//! on PDS b included) is stored, byte-identical to the PDS's `getBlob`,
+//! and blobs whose records were deleted or replaced while barn was
+//! watching are still there.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -27,7 +28,9 @@ pub async fn workload_blobs_are_stored(storage: StorageConfig) {
         blob_metrics.clone(),
     )
     .unwrap();
-    mirror.start(std::slice::from_ref(&net.pds_a.url)).unwrap();
+    mirror
+        .start(&[net.pds_a.url.clone(), net.pds_b.url.clone()])
+        .unwrap();
 
     // While the workload runs, remember every blob barn has stored: the
     // ones whose records go away later must still be there at the end.
@@ -50,8 +53,7 @@ pub async fn workload_blobs_are_stored(storage: StorageConfig) {
         });
         (stop, task)
     };
-    let mut summary = net.run_workload(&WorkloadOptions::default()).await.unwrap();
-    summary.accounts.retain(|a| a.name != "gwen");
+    let summary = net.run_workload(&WorkloadOptions::default()).await.unwrap();
     super::wait_matched(&store, &net, &summary, Duration::from_secs(90)).await;
 
     // Every blob of every live record: stored, and the PDS's bytes.
@@ -69,6 +71,19 @@ pub async fn workload_blobs_are_stored(storage: StorageConfig) {
         live.len() >= 5,
         "the workload references only {} blobs",
         live.len()
+    );
+    // Every account is checked: gwen, native to PDS b, too.
+    for acct in summary.accounts.iter().filter(|a| a.status == "active") {
+        assert!(
+            live.iter().any(|(did, _, _)| *did == acct.did),
+            "{} has no live blob to check",
+            acct.name
+        );
+    }
+    assert!(
+        summary
+            .account("gwen")
+            .is_some_and(|g| g.status == "active")
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
