@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use barn_benches::{DID, generate_repo_of};
 use barn_mirror::{ImportLimits, ImportReport, ImportRequest, import_car};
 use barn_repo::crypto::{KeyType, PrivateKey, PublicKey};
-use barn_store::{RepoState, Source, Store, StoreOptions};
+use barn_store::{RepoState, Source, Store};
 use sha2::{Digest, Sha256};
 
 #[global_allocator]
@@ -63,7 +63,8 @@ fn main() {
             let path = ensure_car(*size, order);
             let bytes = std::fs::metadata(&path).expect("car").len();
             let dir = tempfile::tempdir().expect("tempdir");
-            let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).expect("store"));
+            let store =
+                Arc::new(Store::open(dir.path(), &barn_benches::store_options()).expect("store"));
             // A store that has imported anything has its record dictionary
             // (trained once, from its first 4 MiB of records): import
             // another account first, untimed, as a backfill would have.

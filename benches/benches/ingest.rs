@@ -41,7 +41,7 @@ use barn_identity::{Identity, Resolver, ResolverConfig};
 use barn_mirror::verify::{CommitInput, prepare_commit};
 use barn_mirror::{Metrics, Mirror, MirrorConfig};
 use barn_repo::crypto::PublicKey;
-use barn_store::{Batch, CommitEntry, RepoState, Source, Store, StoreOptions, now_ms};
+use barn_store::{Batch, CommitEntry, RepoState, Source, Store, now_ms};
 use bytes::Bytes;
 
 // The allocator the barn binary uses.
@@ -215,7 +215,7 @@ fn signature_baseline(st: &Start, cores: usize) -> f64 {
 
 /// A store holding every account at its genesis commit.
 fn seeded_store(dir: &Path, st: &Start) -> Arc<Store> {
-    let store = Store::open(dir, &StoreOptions::default()).expect("open store");
+    let store = Store::open(dir, &barn_benches::store_options()).expect("open store");
     let mut batch = Batch::new();
     for (cid, bytes) in st.blocks.iter() {
         batch.put_block(*cid, bytes.clone());

@@ -79,6 +79,31 @@ pub const COLLECTIONS: [(&str, u64); 4] = [
 /// Microseconds since the epoch of the first generated record (2023-11-14).
 const START_MICROS: u64 = 1_700_000_000_000_000;
 
+/// barn's default store options, with fjall's background settings
+/// overridden from the environment, to compare them in paired runs:
+/// `BARN_BENCH_FJALL_WORKERS` (`StoreOptions::worker_threads`; 0 = fjall's
+/// default, one per core) and `BARN_BENCH_BLOCKS_L0`
+/// (`StoreOptions::blocks_l0_threshold`; fjall's default is 4).
+pub fn store_options() -> barn_store::StoreOptions {
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let mut o = barn_store::StoreOptions::default();
+    if let Some(n) = env("BARN_BENCH_FJALL_WORKERS") {
+        o.worker_threads = n;
+    }
+    if let Some(n) = env("BARN_BENCH_BLOCKS_L0") {
+        o.blocks_l0_threshold = u8::try_from(n).unwrap_or(u8::MAX);
+    }
+    eprintln!(
+        "store: fjall worker threads {} (0 = one per core), blocks level-0 threshold {}",
+        o.worker_threads, o.blocks_l0_threshold
+    );
+    o
+}
+
 /// A 13-character TID (base32-sortable) from a timestamp in microseconds
 /// and a clock id.
 pub fn tid(micros: u64, clock_id: u64) -> String {

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -69,8 +70,22 @@ pub struct StoreOptions {
     /// and left to fjall's lz4.
     pub compress_structure: bool,
     /// fjall's background threads (memtable flushes and compactions);
-    /// 0 leaves fjall's default (one per core, up to 4).
+    /// 0 leaves fjall's default (one per core, up to 4). Default 1: with
+    /// two or more, fjall's first worker hands every compaction request
+    /// back to the queue (to stay free for flushes) and picks it up again
+    /// at once, spinning on a core for as long as another worker compacts;
+    /// on two cores that core is the one barn's pipeline needs
+    /// (`benches/README.md`, "fjall's worker threads").
     pub worker_threads: usize,
+    /// Level-0 tables of the `blocks` keyspace before fjall compacts them
+    /// into level 1 (fjall's default: 4). Blocks are keyed by hash, so
+    /// every table spans the whole key range and each compaction rewrites
+    /// all of level 1: merging 16 tables at a time instead of 4 cuts that
+    /// rewriting (point reads check one more bloom filter per table). At
+    /// most 16: fjall slows writers from 20 level-0 tables on, and
+    /// [`Store::ingest_blocks`] waits there. Fixed when the store is
+    /// created; ignored when opening an existing one.
+    pub blocks_l0_threshold: u8,
 }
 
 impl Default for StoreOptions {
@@ -91,7 +106,8 @@ impl Default for StoreOptions {
             },
             blocks_lz4: true,
             compress_structure: false,
-            worker_threads: 0,
+            worker_threads: 1,
+            blocks_l0_threshold: 16,
         }
     }
 }
@@ -193,7 +209,11 @@ impl Store {
             })
         };
         let blocks = db.keyspace("blocks", || {
-            let o = KeyspaceCreateOptions::default().max_memtable_size(memtable);
+            let leveled = fjall::compaction::Leveled::default()
+                .with_l0_threshold(opts.blocks_l0_threshold.clamp(2, 16));
+            let o = KeyspaceCreateOptions::default()
+                .max_memtable_size(memtable)
+                .compaction_strategy(Arc::new(leveled));
             if opts.blocks_lz4 {
                 o
             } else {
