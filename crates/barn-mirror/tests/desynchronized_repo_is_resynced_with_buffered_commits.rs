@@ -8,20 +8,14 @@
 
 mod common;
 
+use common::wait_for;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use barn_mirror::{Metrics, Mirror, MirrorConfig};
 use barn_store::{Source, Store, SyncState};
 use barn_testkit::{DraftOptions, FakeAccount, FakePds};
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 struct Setup {
     fake: FakePds,

@@ -7,6 +7,9 @@
 //! repo (head, rev, record index, history) is unchanged, and the host task
 //! keeps running: the next valid commit is applied.
 
+mod common;
+
+use common::wait_for;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,14 +42,6 @@ fn snapshot(store: &Store, did: &str) -> Snapshot {
         data: state.data,
         records: store.records(did).unwrap(),
         history: store.history(did).unwrap(),
-    }
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -53,6 +53,15 @@ pub fn mirror_at(plc_url: &str, store: &Arc<Store>, config: MirrorConfig) -> (Mi
     (mirror, metrics)
 }
 
+/// Polls `done` every 20 ms; fails the test after 30 s, naming `what`.
+pub async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Every active repo PDS `pds` lists right now: (DID, head rev).
 pub async fn listed(client: &Client, pds: &str) -> Vec<(String, String)> {
     let page = client
