@@ -48,10 +48,15 @@ fn records_json(v: &Json) -> Vec<(String, String)> {
         .collect()
 }
 
-fn tmp_file(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("barn-repo-roundtrip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A file `name` in a new temporary directory, removed when the returned
+/// guard drops.
+fn tmp_file(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("barn-repo-roundtrip-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join(name);
+    (dir, path)
 }
 
 #[test]
@@ -88,7 +93,7 @@ fn barn_written_car_is_accepted_by_reference_implementation() {
     let rev = "3l2w5x7abcd22";
     let (root, blocks) = build_repo(did, rev, &key, records.clone()).unwrap();
     let car = barn_repo::car::write_car(&[root], blocks.iter().map(|(c, b)| (c, b.as_ref())));
-    let path = tmp_file("barn.car");
+    let (_dir, path) = tmp_file("barn.car");
     std::fs::write(&path, &car).unwrap();
 
     let pubkey = key.public_key().to_did_key();
@@ -122,7 +127,7 @@ fn barn_written_car_is_accepted_by_reference_implementation() {
 
 #[test]
 fn reference_written_car_loads_in_barn_with_same_root_and_records() {
-    let car_path = tmp_file("reference.car");
+    let (_dir, car_path) = tmp_file("reference.car");
     let out = reference::run_reference(
         "make-car.mjs",
         &[
