@@ -119,17 +119,19 @@ async fn ask(inner: &Inner, host: &str, did: &str) -> Result<Answer> {
         Reply::NotFound => return Ok(Answer::NotFound),
         Reply::Json(v) => v,
     };
-    let bad = |what: &str| Error::Fetch {
-        url: format!("{host}/xrpc/com.atproto.sync.getRepoStatus"),
+    // An answer that does not say what it must.
+    let bad = |method: &str, what: &str| Error::Fetch {
+        url: format!("{host}/xrpc/{method}"),
         message: format!("answer for {did}: {what}"),
         xrpc_error: None,
     };
+    let bad_status = |what| bad("com.atproto.sync.getRepoStatus", what);
     if status["did"].as_str() != Some(did) {
-        return Err(bad("not about this DID"));
+        return Err(bad_status("not about this DID"));
     }
     let active = status["active"]
         .as_bool()
-        .ok_or_else(|| bad("no `active`"))?;
+        .ok_or_else(|| bad_status("no `active`"))?;
     let status_name = status["status"].as_str().map(str::to_owned);
     if !active {
         return Ok(Answer::Status {
@@ -143,19 +145,15 @@ async fn ask(inner: &Inner, host: &str, did: &str) -> Result<Answer> {
         Reply::NotFound => return Ok(Answer::NotFound),
         Reply::Json(v) => v,
     };
-    let bad = |what: &str| Error::Fetch {
-        url: format!("{host}/xrpc/com.atproto.sync.getLatestCommit"),
-        message: format!("answer for {did}: {what}"),
-        xrpc_error: None,
-    };
+    let bad_latest = |what| bad("com.atproto.sync.getLatestCommit", what);
     let cid = latest["cid"]
         .as_str()
         .and_then(|c| Cid::try_from(c).ok())
-        .ok_or_else(|| bad("no valid `cid`"))?;
+        .ok_or_else(|| bad_latest("no valid `cid`"))?;
     let rev = latest["rev"]
         .as_str()
         .filter(|r| Tid::validate(r).is_ok())
-        .ok_or_else(|| bad("no valid `rev`"))?;
+        .ok_or_else(|| bad_latest("no valid `rev`"))?;
     Ok(Answer::Status {
         active,
         status: status_name,

@@ -4,13 +4,13 @@
 //! (fake) PDS whose records do so has those blobs queued with the commit
 //! and stored by the blob workers, byte for byte, under the account.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use barn_blobs::{BlobConfig, BlobStorage, BlobWorkers, StorageConfig};
-use barn_identity::{Resolver, ResolverConfig};
-use barn_mirror::{Metrics, Mirror, MirrorConfig};
-use barn_store::{BlobStatus, Store, StoreOptions};
+use barn_mirror::MirrorConfig;
+use barn_store::BlobStatus;
 use barn_testkit::{DraftOptions, FakeAccount, FakePds};
 use bytes::Bytes;
 use cid::Cid;
@@ -26,21 +26,14 @@ async fn legacy_blob_refs_are_queued_and_stored() {
         .map(|i| fake.set_blob(&did, Bytes::from(vec![i; 5000]), "image/jpeg"))
         .collect();
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
-    let resolver = Resolver::new(ResolverConfig {
-        plc_url: host.clone(),
-        allow_http_localhost: true,
-        ..ResolverConfig::default()
-    })
-    .unwrap();
+    let (dir, store) = common::store();
     let config = MirrorConfig {
         new_host_cursor: Some(0),
         // The account comes from the stream.
         backfill: false,
         ..MirrorConfig::default()
     };
-    let mirror = Mirror::new(store.clone(), resolver, config, Metrics::new().unwrap());
+    let (mirror, _metrics) = common::mirror_at(&host, &store, config);
     let storage = BlobStorage::open(&StorageConfig::Local {
         dir: dir.path().join("blobs"),
     })

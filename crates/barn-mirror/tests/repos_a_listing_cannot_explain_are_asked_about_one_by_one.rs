@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use barn_mirror::{Metrics, Mirror, MirrorConfig};
 use barn_store::{Source, Store};
-use barn_testkit::{DraftOptions, FakeAccount, FakePds};
+use barn_testkit::{FakeAccount, FakePds};
 
 fn config() -> MirrorConfig {
     MirrorConfig {
@@ -29,24 +29,6 @@ fn config() -> MirrorConfig {
         reconcile_grace: Duration::from_millis(200),
         ..MirrorConfig::default()
     }
-}
-
-/// An account with `records` records, served by `fake` (no frames).
-fn account(fake: &FakePds, n: u64, records: usize) -> FakeAccount {
-    let mut acct = FakeAccount::new(&FakeAccount::plc_did(n), n);
-    fake.set_did_doc(acct.did(), acct.did_doc(fake.url()));
-    let genesis = acct
-        .draft_with(
-            0,
-            &DraftOptions {
-                records,
-                ..DraftOptions::default()
-            },
-        )
-        .unwrap();
-    acct.apply(&genesis);
-    fake.set_repo(acct.did(), acct.car());
-    acct
 }
 
 async fn wait_head(store: &Arc<Store>, acct: &FakeAccount) {
@@ -73,8 +55,8 @@ async fn a_repo_the_listing_no_longer_shows_is_asked_about_and_marked_deleted() 
     common::logging();
     let fake = FakePds::start().await.unwrap();
     let host = fake.url().to_owned();
-    let kept = account(&fake, 11, 4);
-    let gone = account(&fake, 12, 6);
+    let kept = fake.add_account(11, 4).unwrap();
+    let gone = fake.add_account(12, 6).unwrap();
     let (_dir, store) = common::store();
     let (mirror, metrics): (Mirror, Metrics) = common::mirror_at(&host, &store, config());
     mirror.start(std::slice::from_ref(&host)).unwrap();
@@ -129,9 +111,9 @@ async fn accounts_followed_one_by_one_are_checked_and_fetched_only_when_they_cha
     common::logging();
     let fake = FakePds::start().await.unwrap();
     let host = fake.url().to_owned();
-    let mut moving = account(&fake, 21, 3);
-    let still = account(&fake, 22, 3);
-    let stopped = account(&fake, 23, 3);
+    let mut moving = fake.add_account(21, 3).unwrap();
+    let still = fake.add_account(22, 3).unwrap();
+    let stopped = fake.add_account(23, 3).unwrap();
     let (_dir, store) = common::store();
     let (mirror, metrics): (Mirror, Metrics) = common::mirror_at(&host, &store, config());
     mirror.start(&[]).unwrap();

@@ -484,6 +484,25 @@ impl FakePds {
             .insert(did.to_owned(), Repo { car, head });
     }
 
+    /// A new account hosted here: `FakeAccount::new` with the DID of
+    /// `seed`, a genesis commit of `records` records applied, its DID
+    /// document naming this fake, its repo served by `getRepo` (no frame
+    /// is pushed).
+    pub fn add_account(&self, seed: u64, records: usize) -> Result<FakeAccount> {
+        let mut acct = FakeAccount::new(&FakeAccount::plc_did(seed), seed);
+        let genesis = acct.draft_with(
+            0,
+            &DraftOptions {
+                records,
+                ..DraftOptions::default()
+            },
+        )?;
+        acct.apply(&genesis);
+        self.set_did_doc(acct.did(), acct.did_doc(&self.url));
+        self.set_repo(acct.did(), acct.car());
+        Ok(acct)
+    }
+
     /// Makes `getRepo`, `getLatestCommit` and `getRepoStatus` answer
     /// `RepoNotFound` for `did`, and `listRepos` leave it out.
     pub fn remove_repo(&self, did: &str) {

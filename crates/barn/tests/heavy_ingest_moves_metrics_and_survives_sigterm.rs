@@ -63,24 +63,14 @@ async fn backfilled(http: &reqwest::Client, gateway: &str) {
 /// tenth commit references a blob of its own.
 async fn workload(seed: u64) -> Workload {
     let fake = FakePds::start().await.unwrap();
-    let host = fake.url().to_owned();
     let mut accounts: Vec<FakeAccount> = Vec::new();
     let mut revs = Vec::new();
     for i in 0..ACCOUNTS {
-        let mut acct = FakeAccount::new(&FakeAccount::plc_did(seed + i), seed + i);
-        let genesis = acct
-            .draft_with(
-                0,
-                &DraftOptions {
-                    records: 5,
-                    ..DraftOptions::default()
-                },
-            )
-            .unwrap();
-        acct.apply(&genesis);
-        fake.set_did_doc(acct.did(), acct.did_doc(&host));
-        fake.set_repo(acct.did(), acct.car());
-        revs.push((acct.did().to_owned(), vec![genesis.event.rev.clone()]));
+        let acct = fake.add_account(seed + i, 5).unwrap();
+        revs.push((
+            acct.did().to_owned(),
+            vec![acct.head().unwrap().rev.clone()],
+        ));
         accounts.push(acct);
     }
     let mut seq = 0;

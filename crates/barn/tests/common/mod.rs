@@ -43,26 +43,10 @@ pub async fn fake_host_with_accounts(
     records: usize,
     seed: u64,
 ) -> (barn_testkit::FakePds, Vec<barn_testkit::FakeAccount>) {
-    use barn_testkit::{DraftOptions, FakeAccount, FakePds};
-    let fake = FakePds::start().await.unwrap();
-    let host = fake.url().to_owned();
-    let mut accounts = Vec::new();
-    for i in 0..n {
-        let mut acct = FakeAccount::new(&FakeAccount::plc_did(seed + i), seed + i);
-        let genesis = acct
-            .draft_with(
-                0,
-                &DraftOptions {
-                    records,
-                    ..DraftOptions::default()
-                },
-            )
-            .unwrap();
-        acct.apply(&genesis);
-        fake.set_did_doc(acct.did(), acct.did_doc(&host));
-        fake.set_repo(acct.did(), acct.car());
-        accounts.push(acct);
-    }
+    let fake = barn_testkit::FakePds::start().await.unwrap();
+    let accounts = (0..n)
+        .map(|i| fake.add_account(seed + i, records).unwrap())
+        .collect();
     (fake, accounts)
 }
 
