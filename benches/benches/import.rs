@@ -146,10 +146,17 @@ async fn import_file(
     };
     let file = tokio::fs::File::open(path).await.expect("open car");
     let reader = tokio::io::BufReader::with_capacity(1 << 20, file);
-    let limits = ImportLimits {
+    let mut limits = ImportLimits {
         max_bytes: 4 << 30,
         ..ImportLimits::default()
     };
+    // For experiments: `BARN_IMPORT_NODE_CACHE_MIB` (`node_cache_bytes`).
+    if let Some(mib) = std::env::var("BARN_IMPORT_NODE_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        limits.node_cache_bytes = mib << 20;
+    }
     import_car(store.clone(), request, reader, limits).await
 }
 

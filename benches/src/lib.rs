@@ -83,7 +83,8 @@ const START_MICROS: u64 = 1_700_000_000_000_000;
 /// overridden from the environment, to compare them in paired runs:
 /// `BARN_BENCH_FJALL_WORKERS` (`StoreOptions::worker_threads`; 0 = fjall's
 /// default, one per core) and `BARN_BENCH_BLOCKS_L0`
-/// (`StoreOptions::blocks_l0_threshold`; fjall's default is 4).
+/// (`StoreOptions::blocks_l0_threshold`; fjall's default is 4) and
+/// `BARN_BENCH_MEMTABLE_MIB` (`StoreOptions::memtable_bytes`).
 pub fn store_options() -> barn_store::StoreOptions {
     let env = |name: &str| {
         std::env::var(name)
@@ -97,9 +98,14 @@ pub fn store_options() -> barn_store::StoreOptions {
     if let Some(n) = env("BARN_BENCH_BLOCKS_L0") {
         o.blocks_l0_threshold = u8::try_from(n).unwrap_or(u8::MAX);
     }
+    if let Some(n) = env("BARN_BENCH_MEMTABLE_MIB") {
+        o.memtable_bytes = (n as u64) << 20;
+    }
     eprintln!(
-        "store: fjall worker threads {} (0 = one per core), blocks level-0 threshold {}",
-        o.worker_threads, o.blocks_l0_threshold
+        "store: fjall worker threads {} (0 = one per core), blocks level-0 threshold {}, memtables {} MiB",
+        o.worker_threads,
+        o.blocks_l0_threshold,
+        o.memtable_bytes >> 20
     );
     o
 }

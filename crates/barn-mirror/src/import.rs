@@ -251,7 +251,12 @@ pub struct ImportLimits {
     /// batches of this many bytes; two batches may be in memory at once.
     pub spill_bytes: usize,
     /// MST node bytes kept in memory for the walk; past that, nodes are
-    /// read back from the store.
+    /// read back from the store. The default, 128 MiB, holds the tree of a
+    /// repo of about a million records (that of the import bench's
+    /// 1.05M-record repo is between 64 and 128 MiB); it only fills for
+    /// repos that large, and reading nodes back instead fills the store's
+    /// block cache, so the import's peak memory was lower with it, not
+    /// higher (`benches/README.md`, "Import").
     pub node_cache_bytes: usize,
     /// Record CIDs remembered from the stream (16 bytes each) to check
     /// that every record the tree names was in it; past that, presence is
@@ -264,7 +269,7 @@ impl Default for ImportLimits {
         ImportLimits {
             max_bytes: 1 << 30,
             spill_bytes: 16 << 20,
-            node_cache_bytes: 64 << 20,
+            node_cache_bytes: 128 << 20,
             max_seen_records: 4 << 20,
         }
     }
@@ -560,6 +565,102 @@ fn check_blocks(
     Ok(())
 }
 
+/// Records per chunk handed from the tree walk to the op writer.
+const WALK_CHUNK: usize = 4096;
+/// Chunks the walk may run ahead of the op writer.
+const WALK_QUEUE: usize = 8;
+
+type Walked = Result<Vec<(String, Cid)>>;
+
+/// The walking half of [`finish`]: every record of the tree at `data`, in
+/// key order, checked present, sent in chunks. An error is sent as the
+/// last item; a closed channel (the op writer stopped) ends the walk.
+fn walk_tree<S: barn_repo::blocks::BlockSource>(
+    store: &Store,
+    blocks: S,
+    data: &Cid,
+    seen: &Seen,
+    tx: std::sync::mpsc::SyncSender<Walked>,
+    repo_err: &(dyn Fn(barn_repo::Error) -> Error + Sync),
+) {
+    let walk = || -> Result<()> {
+        let mut chunk = Vec::with_capacity(WALK_CHUNK);
+        for item in MstWalker::new(blocks, data).map_err(repo_err)? {
+            let (key, cid) = item.map_err(repo_err)?;
+            let present = seen.contains(hash_prefix(&cid)) || store.has_block(&cid)?;
+            if !present {
+                return Err(repo_err(barn_repo::Error::MissingBlock(cid)));
+            }
+            let path = String::from_utf8(key)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            chunk.push((path, cid));
+            if chunk.len() == WALK_CHUNK
+                && tx
+                    .send(Ok(std::mem::replace(
+                        &mut chunk,
+                        Vec::with_capacity(WALK_CHUNK),
+                    )))
+                    .is_err()
+            {
+                return Ok(());
+            }
+        }
+        let _ = tx.send(Ok(chunk));
+        Ok(())
+    };
+    if let Err(e) = walk() {
+        let _ = tx.send(Err(e));
+    }
+}
+
+/// The writing half of [`finish`]: merges the walked records with the
+/// repo's record index (both in key order) into creates, updates and
+/// deletes, pushed to `revision`. Returns the number of records walked.
+fn merge_ops(
+    store: &Store,
+    did: &str,
+    revision: &mut barn_store::LargeRevision<'_>,
+    walked: std::sync::mpsc::Receiver<Walked>,
+) -> Result<u64> {
+    let mut current = store.records_iter(did);
+    let mut cur = current.next().transpose()?;
+    let mut records = 0u64;
+    for chunk in walked {
+        let chunk = chunk?;
+        records += chunk.len() as u64;
+        for (path, cid) in chunk {
+            while let Some((p, old)) = cur.take_if(|(p, _)| *p < path) {
+                revision.push(delete(p, old))?;
+                cur = current.next().transpose()?;
+            }
+            match cur.take_if(|(p, _)| *p == path) {
+                Some((_, old)) => {
+                    if old != cid {
+                        revision.push(Op {
+                            action: OpAction::Update,
+                            path,
+                            cid: Some(cid),
+                            prev: Some(old),
+                        })?;
+                    }
+                    cur = current.next().transpose()?;
+                }
+                None => revision.push(Op {
+                    action: OpAction::Create,
+                    path,
+                    cid: Some(cid),
+                    prev: None,
+                })?,
+            }
+        }
+    }
+    while let Some((p, old)) = cur {
+        revision.push(delete(p, old))?;
+        cur = current.next().transpose()?;
+    }
+    Ok(records)
+}
+
 /// The op removing a record the tree no longer has.
 fn delete(path: String, old: Cid) -> Op {
     Op {
@@ -627,7 +728,9 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
 
     // The full walk checks every node (layers, key order, canonical
     // shape); each record must be in the CAR or already in the store.
-    // Merged with the record index, in key order, it gives the ops.
+    // Merged with the record index, in key order, it gives the ops. The
+    // walk runs on a thread of its own, handing over chunks of records,
+    // so that it overlaps writing the ops: each is about half the work.
     let blocks = Layered {
         first: &spilled.nodes,
         second: store.block_source(),
@@ -636,46 +739,16 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
     // record index with an undo log: an error below (a missing block, a
     // bad node) drops `revision`, which puts the index back.
     let mut revision = store.large_revision(did, &head.rev);
-    let mut current = store.records_iter(did);
-    let mut cur = current.next().transpose()?;
-    let mut records = 0u64;
-    for item in MstWalker::new(&blocks, &commit.data).map_err(repo_err)? {
-        let (key, cid) = item.map_err(repo_err)?;
-        records += 1;
-        let present = spilled.seen.contains(hash_prefix(&cid)) || store.has_block(&cid)?;
-        if !present {
-            return Err(repo_err(barn_repo::Error::MissingBlock(cid)));
-        }
-        let path = String::from_utf8_lossy(&key).into_owned();
-        while let Some((p, old)) = cur.take_if(|(p, _)| *p < path) {
-            revision.push(delete(p, old))?;
-            cur = current.next().transpose()?;
-        }
-        match cur.take_if(|(p, _)| *p == path) {
-            Some((_, old)) => {
-                if old != cid {
-                    revision.push(Op {
-                        action: OpAction::Update,
-                        path,
-                        cid: Some(cid),
-                        prev: Some(old),
-                    })?;
-                }
-                cur = current.next().transpose()?;
-            }
-            None => revision.push(Op {
-                action: OpAction::Create,
-                path,
-                cid: Some(cid),
-                prev: None,
-            })?,
-        }
-    }
-    while let Some((p, old)) = cur {
-        revision.push(delete(p, old))?;
-        cur = current.next().transpose()?;
-    }
-    drop(current);
+    let records = std::thread::scope(|scope| -> Result<u64> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(WALK_QUEUE);
+        let walker =
+            scope.spawn(|| walk_tree(store, blocks, &commit.data, &spilled.seen, tx, &repo_err));
+        let merged = merge_ops(store, did, &mut revision, rx);
+        walker
+            .join()
+            .map_err(|_| Error::Task("tree walker panicked".into()))?;
+        merged
+    })?;
     for r in &spilled.blob_refs {
         revision.add_blob_ref(r.cid, crate::mirror::blob_hint(r));
     }
