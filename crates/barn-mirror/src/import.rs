@@ -26,6 +26,7 @@
 //!   firehose missed, not just what was added.
 
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use bytes::{Bytes, BytesMut};
 use cid::Cid;
@@ -456,6 +457,9 @@ impl Seen {
     }
 }
 
+/// Blocks handed from the checking thread to the writing one.
+type SpillBatch = Vec<(Cid, Bytes)>;
+
 /// A canonical MST node is a DAG-CBOR map of exactly `e` then `l`; a
 /// record always has `$type`, so it can never start like this.
 fn looks_like_node(data: &[u8]) -> bool {
@@ -484,15 +488,26 @@ fn spill(
     };
     // Blocks are written on a thread of their own, one batch in flight,
     // so that checking the next batch overlaps writing this one.
-    let (to_writer, batches) = std::sync::mpsc::sync_channel::<Vec<(Cid, Bytes)>>(1);
+    let (to_writer, batches) = std::sync::mpsc::sync_channel::<SpillBatch>(1);
+    // The writer hands each batch's vector back, emptied, to be filled
+    // again: a fresh one of a few MiB each time costs page faults.
+    let (spare_tx, spare) = std::sync::mpsc::sync_channel::<SpillBatch>(2);
     std::thread::scope(|scope| {
         let writer = scope.spawn(move || -> Result<()> {
             for mut batch in batches {
                 store.ingest_blocks(&mut batch)?;
+                let _ = spare_tx.try_send(batch);
             }
             Ok(())
         });
-        let checked = check_blocks(root, &mut rx, limits, &mut out, &to_writer, &repo_err);
+        let checked = check_blocks(
+            root,
+            &mut rx,
+            limits,
+            &mut out,
+            (&to_writer, &spare),
+            &repo_err,
+        );
         drop(to_writer);
         let written = writer
             .join()
@@ -512,7 +527,7 @@ fn check_blocks(
     rx: &mut mpsc::Receiver<Vec<(Cid, Bytes)>>,
     limits: &ImportLimits,
     out: &mut Spilled,
-    writer: &std::sync::mpsc::SyncSender<Vec<(Cid, Bytes)>>,
+    (writer, spare): (&SyncSender<SpillBatch>, &Receiver<SpillBatch>),
     repo_err: &dyn Fn(barn_repo::Error) -> Error,
 ) -> Result<()> {
     let mut node_bytes = 0usize;
@@ -553,7 +568,10 @@ fn check_blocks(
             batch.push((cid, data));
         }
         if batch_bytes >= limits.spill_bytes {
-            if writer.send(std::mem::take(&mut batch)).is_err() {
+            let next = spare
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(batch.len()));
+            if writer.send(std::mem::replace(&mut batch, next)).is_err() {
                 return Ok(());
             }
             batch_bytes = 0;
