@@ -598,7 +598,7 @@ fn walk_tree<S: barn_repo::blocks::BlockSource>(
     blocks: S,
     data: &Cid,
     seen: &Seen,
-    tx: std::sync::mpsc::SyncSender<Walked>,
+    tx: SyncSender<Walked>,
     repo_err: &(dyn Fn(barn_repo::Error) -> Error + Sync),
 ) {
     let walk = || -> Result<()> {
@@ -638,7 +638,7 @@ fn merge_ops(
     store: &Store,
     did: &str,
     revision: &mut barn_store::LargeRevision<'_>,
-    walked: std::sync::mpsc::Receiver<Walked>,
+    walked: Receiver<Walked>,
 ) -> Result<u64> {
     let mut current = store.records_iter(did);
     let mut cur = current.next().transpose()?;
