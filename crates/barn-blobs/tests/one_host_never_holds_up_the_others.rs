@@ -16,7 +16,7 @@ use barn_testkit::{BlobFault, FakePds, peak_concurrency};
 use bytes::Bytes;
 use cid::Cid;
 
-use common::{ALICE, fast_config, host_account, reference, stored, wait_until};
+use common::{ALICE, asked_while_paused, fast_config, host_account, reference, stored, wait_until};
 
 const BOB: &str = "did:plc:bob";
 const RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -121,12 +121,7 @@ async fn a_busy_or_paused_host_does_not_hold_up_the_others() {
         .filter_map(|r| r.answered)
         .min()
         .unwrap();
-    let slack = Duration::from_millis(300);
-    let during: Vec<_> = a_log
-        .iter()
-        .filter(|r| r.arrived > paused_at + slack && r.arrived < paused_at + RETRY_AFTER - slack)
-        .map(|r| (r.cid, r.arrived - paused_at))
-        .collect();
+    let during = asked_while_paused(&a_log, paused_at, RETRY_AFTER);
     assert!(during.is_empty(), "A asked while paused: {during:?}");
 
     // The caps held, and A's was reached (so the check means something).

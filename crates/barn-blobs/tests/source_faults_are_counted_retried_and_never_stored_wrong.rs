@@ -18,7 +18,7 @@ use barn_testkit::{BlobFault, FakePds};
 use bytes::Bytes;
 use cid::Cid;
 
-use common::{ALICE, fast_config, host_account, reference, stored, wait_until};
+use common::{ALICE, asked_while_paused, fast_config, host_account, reference, stored, wait_until};
 
 const LIMIT: u64 = 1 << 20;
 /// The 429's Retry-After: twice `fast_config`'s fallback for a 429
@@ -117,12 +117,7 @@ async fn source_faults_are_counted_retried_and_never_stored_wrong() {
         "asked again {again:?} after the 429"
     );
     let paused_at = asked[0].answered.unwrap();
-    let slack = Duration::from_millis(300);
-    let during: Vec<_> = log
-        .iter()
-        .filter(|r| r.arrived > paused_at + slack && r.arrived < paused_at + RETRY_AFTER - slack)
-        .map(|r| (r.cid, r.arrived - paused_at))
-        .collect();
+    let during = asked_while_paused(&log, paused_at, RETRY_AFTER);
     assert!(during.is_empty(), "asked while paused: {during:?}");
     let limited_state = store.blob(&limited).unwrap().unwrap();
     let waited = limited_state.stored_ms.unwrap() - limited_state.first_seen_ms;

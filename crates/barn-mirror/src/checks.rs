@@ -166,42 +166,24 @@ enum Reply {
     NotFound,
 }
 
+/// One question; `RepoNotFound` is an answer, any other failure an error.
 async fn get_json(inner: &Inner, host: &str, method: &str, did: &str) -> Result<Reply> {
-    let url = format!("{host}/xrpc/{method}");
-    let err = |message: String, xrpc_error: Option<String>| Error::Fetch {
-        url: url.clone(),
-        message,
-        xrpc_error,
-    };
-    let resp = inner
-        .http
-        .get(&url)
-        .query(&[("did", did)])
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| err(e.to_string(), None))?;
-    let status = resp.status();
     // Both answers are a few hundred bytes.
-    let body = crate::import::read_limited(resp, 64 << 10)
-        .await
-        .map_err(|e| err(e, None))?;
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    if !status.is_success() {
-        let name = json["error"].as_str().map(str::to_owned);
-        if name.as_deref() == Some("RepoNotFound") {
-            return Ok(Reply::NotFound);
-        }
-        return Err(err(
-            format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(512)])
-            ),
-            name,
-        ));
+    let asked = crate::http::get_json(
+        inner,
+        host,
+        method,
+        &[("did", did)],
+        64 << 10,
+        Duration::from_secs(30),
+    )
+    .await;
+    match asked {
+        Ok(json) => Ok(Reply::Json(json)),
+        Err(Error::Fetch {
+            xrpc_error: Some(name),
+            ..
+        }) if name == "RepoNotFound" => Ok(Reply::NotFound),
+        Err(e) => Err(e),
     }
-    if json.is_null() {
-        return Err(err("not JSON".into(), None));
-    }
-    Ok(Reply::Json(json))
 }

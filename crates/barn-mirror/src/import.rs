@@ -28,7 +28,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cid::Cid;
 use futures_util::StreamExt;
 use tokio::io::AsyncRead;
@@ -214,7 +214,9 @@ async fn fetch(
     }
     if !status.is_success() {
         // An error body is small; anything past 64 KiB is not one.
-        let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
+        let body = crate::http::read_limited(resp, 64 << 10)
+            .await
+            .unwrap_or_default();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let name = json["error"].as_str().map(str::to_owned);
         return Err(fetch_err(
@@ -223,24 +225,6 @@ async fn fetch(
         ));
     }
     Ok(resp)
-}
-
-/// Reads a response body, refusing one that goes past `limit` bytes
-/// whatever its headers said.
-pub(crate) async fn read_limited(
-    resp: reqwest::Response,
-    limit: u64,
-) -> std::result::Result<Bytes, String> {
-    let mut body = BytesMut::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(format!("body over the limit of {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 /// Limits and buffer sizes of one import.

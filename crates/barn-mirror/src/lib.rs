@@ -20,6 +20,7 @@
 
 mod checks;
 mod error;
+mod http;
 mod import;
 mod listing;
 pub mod metrics;

@@ -115,27 +115,16 @@ async fn fetch_page(inner: &Inner, host: &str, cursor: Option<&str>) -> Result<P
     if let Some(c) = cursor {
         query.push(("cursor", c));
     }
-    let resp = inner
-        .http
-        .get(&url)
-        .query(&query)
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .map_err(|e| fetch_err(e.to_string()))?;
-    let status = resp.status();
     // A page of 1000 entries is ~200 KB; anything far larger is not a page.
-    let body = crate::import::read_limited(resp, 16 << 20)
-        .await
-        .map_err(fetch_err)?;
-    if !status.is_success() {
-        return Err(fetch_err(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(512)])
-        )));
-    }
-    let json: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| fetch_err(format!("not JSON: {e}")))?;
+    let json = crate::http::get_json(
+        inner,
+        host,
+        "com.atproto.sync.listRepos",
+        &query,
+        16 << 20,
+        Duration::from_secs(60),
+    )
+    .await?;
     let entries = json["repos"]
         .as_array()
         .ok_or_else(|| fetch_err("no `repos` array".into()))?;

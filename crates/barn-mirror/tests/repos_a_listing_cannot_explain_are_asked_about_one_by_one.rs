@@ -43,6 +43,17 @@ async fn wait_head(store: &Arc<Store>, acct: &FakeAccount) {
     .await;
 }
 
+/// Waits until barn holds `did` inactive with `status`.
+async fn wait_status(store: &Arc<Store>, did: &str, status: &str) {
+    let s = store.clone();
+    wait_for(&format!("{did} {status}"), || {
+        s.repo(did)
+            .unwrap()
+            .is_some_and(|st| !st.active && st.status.as_deref() == Some(status))
+    })
+    .await;
+}
+
 async fn wait_metric(metrics: &Metrics, what: &str, n: u64) {
     wait_for(&format!("{n} reconcile events {what:?}"), || {
         metrics.reconcile_events(what) >= n
@@ -76,14 +87,7 @@ async fn a_repo_the_listing_no_longer_shows_is_asked_about_and_marked_deleted() 
     fake.remove_repo(gone.did());
     assert!(mirror.reconcile(&host, "test"));
     wait_metric(&metrics, "gone", 1).await;
-    let s = store.clone();
-    let did = gone.did().to_owned();
-    wait_for("the account marked deleted", || {
-        s.repo(&did)
-            .unwrap()
-            .is_some_and(|st| !st.active && st.status.as_deref() == Some("deleted"))
-    })
-    .await;
+    wait_status(&store, gone.did(), "deleted").await;
     assert_eq!(metrics.reconcile_events("pass_done"), 2);
     assert_eq!(metrics.reconcile_events("not_listed"), 1);
     // Only the repo the listing left out was asked about.
@@ -137,14 +141,7 @@ async fn accounts_followed_one_by_one_are_checked_and_fetched_only_when_they_cha
 
     assert!(mirror.reconcile(&host, "test"));
     wait_head(&store, &moving).await;
-    let s = store.clone();
-    let did = stopped.did().to_owned();
-    wait_for("the takedown applied", || {
-        s.repo(&did)
-            .unwrap()
-            .is_some_and(|st| !st.active && st.status.as_deref() == Some("takendown"))
-    })
-    .await;
+    wait_status(&store, stopped.did(), "takendown").await;
     wait_metric(&metrics, "checked", 3).await;
     // The changed account: one reconcile revision with both commits'
     // records, fetched since barn's head.

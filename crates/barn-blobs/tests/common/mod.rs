@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use barn_blobs::{BlobConfig, RetryPolicy};
 use barn_store::{Batch, BlobHint, BlobState, BlobStatus, RepoState, Store, StoreOptions};
+use barn_testkit::BlobRequest;
 use cid::Cid;
 
 pub const ALICE: &str = "did:plc:alice";
@@ -77,4 +78,20 @@ pub async fn wait_until(
 
 pub fn stored(s: &BlobState) -> bool {
     s.status == BlobStatus::Stored
+}
+
+/// The requests of `log` that arrived well inside a pause of `pause` from
+/// `paused_at`: 300 ms of slack at each end, for a request already on its
+/// way when the pause began and for the first one after it. A paused host
+/// must get none.
+pub fn asked_while_paused(
+    log: &[BlobRequest],
+    paused_at: Instant,
+    pause: Duration,
+) -> Vec<(Cid, Duration)> {
+    let slack = Duration::from_millis(300);
+    log.iter()
+        .filter(|r| r.arrived > paused_at + slack && r.arrived < paused_at + pause - slack)
+        .map(|r| (r.cid, r.arrived - paused_at))
+        .collect()
 }
