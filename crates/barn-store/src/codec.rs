@@ -433,6 +433,25 @@ impl Codec {
             .map(|a| a.dict.clone())
     }
 
+    /// The dictionaries numbered up to `max_id` that are not durable yet.
+    /// A value naming dictionary `n` may only be written together with (or
+    /// after) dictionary `n`: whoever writes values encoded elsewhere asks
+    /// for the highest number they name, not for the active dictionary,
+    /// which another thread may have changed since.
+    pub(crate) fn unpersisted_upto(&self, max_id: u8) -> Vec<Arc<Dict>> {
+        if max_id < FIRST_DICT {
+            return Vec::new();
+        }
+        let dicts = self.dicts.read().unwrap_or_else(PoisonError::into_inner);
+        dicts
+            .iter()
+            .take(usize::from(max_id) + 1)
+            .flatten()
+            .filter(|d| !d.persisted.load(Ordering::Acquire))
+            .cloned()
+            .collect()
+    }
+
     /// Marks a dictionary as durable.
     pub(crate) fn persisted(&self, dict: &Dict) {
         dict.persisted.store(true, Ordering::Release);
@@ -444,7 +463,8 @@ impl Codec {
         active.as_ref().map(|a| a.dict.id)
     }
 
-    /// The stored form of `raw`.
+    /// The stored form of `raw`. Its first byte names the codec (and the
+    /// dictionary, from [`FIRST_DICT`] on).
     pub(crate) fn encode(&self, raw: &[u8]) -> Vec<u8> {
         let raw_value = || {
             let mut v = Vec::with_capacity(raw.len() + 1);

@@ -78,7 +78,7 @@ pub(crate) fn record_batch(batch: &Batch) {
     );
 }
 
-/// Counts blocks written by [`Store::ingest_blocks`](crate::Store::ingest_blocks).
+/// Counts blocks written by [`Store::ingest_encoded`](crate::Store::ingest_encoded).
 pub(crate) fn record_ingest(blocks: usize, bytes: usize) {
     if let Some(m) = METRICS.as_ref() {
         m.block_bytes.inc_by(bytes as u64);

@@ -83,7 +83,7 @@ pub struct StoreOptions {
     /// all of level 1: merging 16 tables at a time instead of 4 cuts that
     /// rewriting (point reads check one more bloom filter per table). At
     /// most 16: fjall slows writers from 20 level-0 tables on, and
-    /// [`Store::ingest_blocks`] waits there. Fixed when the store is
+    /// [`Store::ingest_encoded`] waits there. Fixed when the store is
     /// created; ignored when opening an existing one.
     pub blocks_l0_threshold: u8,
 }
@@ -109,6 +109,44 @@ impl Default for StoreOptions {
             worker_threads: 1,
             blocks_l0_threshold: 16,
         }
+    }
+}
+
+/// Blocks encoded by [`Store::encode_blocks`], waiting for
+/// [`Store::ingest_encoded`]. Batches encoded apart may be joined with
+/// [`EncodedBlocks::append`].
+#[derive(Default)]
+pub struct EncodedBlocks {
+    /// (key, stored value).
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The blocks' size before encoding.
+    raw_bytes: usize,
+    /// The highest codec header among the values: the dictionaries up to
+    /// it must be durable before the values are.
+    max_tag: u8,
+}
+
+impl EncodedBlocks {
+    /// Moves `other`'s blocks to the end of these.
+    pub fn append(&mut self, other: &mut EncodedBlocks) {
+        self.entries.append(&mut other.entries);
+        self.raw_bytes += std::mem::take(&mut other.raw_bytes);
+        self.max_tag = self.max_tag.max(std::mem::take(&mut other.max_tag));
+    }
+
+    /// Number of blocks.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No blocks.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The blocks' size before encoding.
+    pub fn raw_bytes(&self) -> usize {
+        self.raw_bytes
     }
 }
 
@@ -307,14 +345,18 @@ impl Store {
         }
         self.codec.observe(batch.blocks.values().map(Bytes::as_ref));
         let mut wb = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut max_tag = 0u8;
+        for (cid, data) in &batch.blocks {
+            let value = self.codec.encode(data);
+            max_tag = max_tag.max(value.first().copied().unwrap_or(0));
+            wb.insert(&self.blocks, cid.to_bytes(), value);
+        }
         // A dictionary goes into the same atomic batch as the first values
         // that need it (and into every batch until one of them commits).
-        let dict = self.codec.unpersisted();
-        if let Some(d) = &dict {
+        // Asked after encoding: another thread may install one meanwhile.
+        let dicts = self.codec.unpersisted_upto(max_tag);
+        for d in &dicts {
             wb.insert(&self.meta, dict_key(d.id), d.bytes.as_ref());
-        }
-        for (cid, data) in &batch.blocks {
-            wb.insert(&self.blocks, cid.to_bytes(), self.codec.encode(data));
         }
         for (did, entry) in &batch.commits {
             wb.insert(&self.commits, key2(did, &entry.rev), encode(entry));
@@ -351,58 +393,54 @@ impl Store {
             Some(guard)
         };
         wb.commit()?;
-        if let Some(d) = &dict {
+        for d in &dicts {
             self.codec.persisted(d);
         }
         crate::metrics::record_batch(&batch);
         Ok(())
     }
 
-    /// Writes many blocks at once, for imports: encoded on two threads,
-    /// sorted and written straight into new tables (fjall's ingestion),
+    /// Encodes blocks for [`Store::ingest_encoded`], on the calling
+    /// thread: imports run it on several threads at once, while the
+    /// encoded blocks before them are being written.
+    pub fn encode_blocks(&self, blocks: &[(Cid, Bytes)]) -> EncodedBlocks {
+        self.codec.observe(blocks.iter().map(|(_, b)| b.as_ref()));
+        let mut out = EncodedBlocks::default();
+        out.entries.reserve(blocks.len());
+        for (cid, data) in blocks {
+            let value = self.codec.encode(data);
+            out.max_tag = out.max_tag.max(value.first().copied().unwrap_or(0));
+            out.raw_bytes += data.len();
+            out.entries.push((cid.to_bytes(), value));
+        }
+        out
+    }
+
+    /// Writes encoded blocks straight into new tables (fjall's ingestion),
     /// bypassing the journal and the memtable, which a whole repository
     /// would otherwise go through twice. Durable when this returns (the
     /// tables are synced). `blocks` is emptied; duplicates are fine.
     ///
-    /// The dictionary the values are compressed with, if new, is made
-    /// durable first: an ingested value must never name a dictionary a
-    /// crash could lose.
-    pub fn ingest_blocks(&self, blocks: &mut Vec<(Cid, Bytes)>) -> Result<()> {
-        if blocks.is_empty() {
+    /// The dictionaries the values name, if new, are made durable first:
+    /// an ingested value must never name a dictionary a crash could lose.
+    pub fn ingest_encoded(&self, blocks: &mut EncodedBlocks) -> Result<()> {
+        if blocks.entries.is_empty() {
             return Ok(());
         }
-        self.codec.observe(blocks.iter().map(|(_, b)| b.as_ref()));
-        if let Some(d) = self.codec.unpersisted() {
-            self.meta.insert(dict_key(d.id), d.bytes.as_ref())?;
-            self.db.persist(PersistMode::SyncAll)?;
-            self.codec.persisted(&d);
-        }
-        let encode_all = |part: &[(Cid, Bytes)]| -> Vec<(Vec<u8>, Vec<u8>)> {
-            part.iter()
-                .map(|(cid, data)| (cid.to_bytes(), self.codec.encode(data)))
-                .collect()
-        };
-        let mid = blocks.len() / 2;
-        let (first, second) = blocks.split_at(mid);
-        let mut encoded = std::thread::scope(|scope| {
-            let other = scope.spawn(|| encode_all(second));
-            let mut mine = encode_all(first);
-            // A panic in the other half is a bug; surface it as an error
-            // rather than tearing the import's thread down.
-            match other.join() {
-                Ok(theirs) => {
-                    mine.extend(theirs);
-                    Ok(mine)
-                }
-                Err(_) => Err(Error::Corrupt {
-                    what: "block encoding",
-                    detail: "encoding thread panicked".into(),
-                }),
+        let dicts = self.codec.unpersisted_upto(blocks.max_tag);
+        if !dicts.is_empty() {
+            for d in &dicts {
+                self.meta.insert(dict_key(d.id), d.bytes.as_ref())?;
             }
-        })?;
-        let count = blocks.len();
-        let bytes: usize = blocks.iter().map(|(_, b)| b.len()).sum();
-        blocks.clear();
+            self.db.persist(PersistMode::SyncAll)?;
+            for d in &dicts {
+                self.codec.persisted(d);
+            }
+        }
+        let count = blocks.entries.len();
+        let bytes = blocks.raw_bytes;
+        let mut encoded = std::mem::take(&mut blocks.entries);
+        *blocks = EncodedBlocks::default();
         encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // Ingestion wants strictly increasing keys: a CAR may repeat a
         // block.
@@ -870,6 +908,53 @@ mod tests {
             with_dict += usize::from(raw[0] == 2);
         }
         assert!(with_dict > 1000, "{with_dict}");
+    }
+
+    /// Blocks encoded apart from their write (as imports do, on other
+    /// threads) with a dictionary installed but not yet durable bring it
+    /// along when ingested; so does a write. Reopened with no dictionary
+    /// configured, every block reads back.
+    #[test]
+    fn values_encoded_with_a_dictionary_installed_meanwhile_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let sample = blocks(2000, 13);
+        let ingested = blocks(500, 14);
+        let written = blocks(500, 15);
+        {
+            let store = Store::open(dir.path(), &opts(train())).unwrap();
+            // Enough to start training; not written.
+            drop(store.encode_blocks(&sample));
+            // Installed, not durable: as if another thread's observe
+            // had just finished it.
+            store.codec.finish_training();
+            assert_eq!(store.active_dictionary(), Some(2));
+            let mut encoded = store.encode_blocks(&ingested);
+            assert_eq!(encoded.max_tag, 2, "encoded with the new dictionary");
+            assert_eq!(encoded.len(), ingested.len());
+            store.ingest_encoded(&mut encoded).unwrap();
+            assert!(encoded.is_empty());
+        }
+        {
+            let store = Store::open(dir.path(), &opts(BlockCodec::Raw)).unwrap();
+            for (cid, data) in &ingested {
+                assert_eq!(store.block(cid).unwrap().as_ref(), Some(data));
+            }
+        }
+        // The same through `write`, on a fresh store.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &opts(train())).unwrap();
+            drop(store.encode_blocks(&sample));
+            store.codec.finish_training();
+            write(&store, &written);
+        }
+        let store = Store::open(dir.path(), &opts(BlockCodec::Raw)).unwrap();
+        let mut with_dict = 0;
+        for (cid, data) in &written {
+            assert_eq!(store.block(cid).unwrap().as_ref(), Some(data));
+            with_dict += usize::from(store.blocks.get(cid.to_bytes()).unwrap().unwrap()[0] == 2);
+        }
+        assert!(with_dict > 250, "{with_dict}");
     }
 
     #[test]
