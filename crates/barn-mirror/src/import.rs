@@ -41,7 +41,7 @@ use barn_repo::car::{CarLimits, CarStream};
 use barn_repo::commit::Commit;
 use barn_repo::crypto::PublicKey;
 use barn_repo::mst::MstWalker;
-use barn_store::{CommitEntry, Op, OpAction, RepoState, Source, Store, now_ms};
+use barn_store::{CommitEntry, EncodedBlocks, Op, OpAction, RepoState, Source, Store, now_ms};
 
 use crate::error::{Error, Result};
 use crate::mirror::{Inner, normalize_host};
@@ -233,7 +233,8 @@ pub struct ImportLimits {
     /// Largest CAR accepted, in bytes.
     pub max_bytes: u64,
     /// Blocks are written to the store (ingested into new tables) in
-    /// batches of this many bytes; two batches may be in memory at once.
+    /// batches of this many bytes (before encoding). About as many bytes
+    /// again wait in the queues between the stages of an import.
     pub spill_bytes: usize,
     /// MST node bytes kept in memory for the walk; past that, nodes are
     /// read back from the store. The default, 128 MiB, holds the tree of a
@@ -441,8 +442,15 @@ impl Seen {
     }
 }
 
-/// Blocks handed from the checking thread to the writing one.
+/// Blocks handed from the checking thread to the encoders: one chunk of
+/// about 1 MiB as it was read.
 type SpillBatch = Vec<(Cid, Bytes)>;
+
+/// Threads encoding (compressing) blocks while the writer writes the ones
+/// encoded before: record compression is the largest cost of an import.
+const ENCODERS: usize = 2;
+/// Read chunks waiting for an encoder.
+const ENCODE_QUEUE: usize = 4;
 
 /// A canonical MST node is a DAG-CBOR map of exactly `e` then `l`; a
 /// record always has `$type`, so it can never start like this.
@@ -450,6 +458,10 @@ fn looks_like_node(data: &[u8]) -> bool {
     data.starts_with(&[0xa2, 0x61, b'e'])
 }
 
+/// Stage 2 of an import: checks every block (on this thread), encodes them
+/// on [`ENCODERS`] threads and writes them on another, so that checking,
+/// compressing and writing (with its fsync) overlap instead of taking
+/// turns. Returns once every block is durable.
 fn spill(
     store: &Store,
     did: &str,
@@ -470,33 +482,57 @@ fn spill(
         blob_refs: Vec::new(),
         unreadable: 0,
     };
-    // Blocks are written on a thread of their own, one batch in flight,
-    // so that checking the next batch overlaps writing this one.
-    let (to_writer, batches) = std::sync::mpsc::sync_channel::<SpillBatch>(1);
-    // The writer hands each batch's vector back, emptied, to be filled
-    // again: a fresh one of a few MiB each time costs page faults.
-    let (spare_tx, spare) = std::sync::mpsc::sync_channel::<SpillBatch>(2);
+    let (to_encoders, chunks) = crossbeam_channel::bounded::<SpillBatch>(ENCODE_QUEUE);
+    // Room for one batch's worth of encoded chunks: the encoders go on
+    // while the writer ingests the batch before.
+    let write_queue = (limits.spill_bytes >> 20).max(1);
+    let (to_writer, encoded) = crossbeam_channel::bounded::<EncodedBlocks>(write_queue);
     std::thread::scope(|scope| {
+        let spill_bytes = limits.spill_bytes;
         let writer = scope.spawn(move || -> Result<()> {
-            for mut batch in batches {
-                store.ingest_blocks(&mut batch)?;
-                let _ = spare_tx.try_send(batch);
+            let mut pending = EncodedBlocks::default();
+            for mut e in encoded {
+                pending.append(&mut e);
+                if pending.raw_bytes() >= spill_bytes {
+                    store.ingest_encoded(&mut pending)?;
+                }
             }
+            // Ingested blocks are durable when the writer is done with
+            // them: the revision written next may refer to them.
+            store.ingest_encoded(&mut pending)?;
             Ok(())
         });
-        let checked = check_blocks(
-            root,
-            &mut rx,
-            limits,
-            &mut out,
-            (&to_writer, &spare),
-            &repo_err,
-        );
-        drop(to_writer);
+        let encoders: Vec<_> = (0..ENCODERS)
+            .map(|_| {
+                let chunks = chunks.clone();
+                let to_writer = to_writer.clone();
+                scope.spawn(move || {
+                    for chunk in chunks {
+                        // A writer that stopped takes nothing more; its
+                        // error says why.
+                        if to_writer.send(store.encode_blocks(&chunk)).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        // The stages' own ends only: a stage that stops closes its
+        // channels, and the stage before it sees that and stops too.
+        drop((chunks, to_writer));
+        let checked = check_blocks(root, &mut rx, limits, &mut out, &to_encoders, &repo_err);
+        drop(to_encoders);
+        let mut panicked = false;
+        for e in encoders {
+            panicked |= e.join().is_err();
+        }
         let written = writer
             .join()
             .map_err(|_| Error::Task("block writer panicked".into()))?;
-        // A writer that failed stops taking batches: its error says why.
+        if panicked {
+            return Err(Error::Task("block encoder panicked".into()));
+        }
+        // A writer that failed stops taking blocks: its error says why.
         written?;
         checked
     })?;
@@ -504,41 +540,39 @@ fn spill(
     Ok(out)
 }
 
-/// The checking half of [`spill`]: DAG-CBOR, commit / node / record,
-/// batches handed to the writer. Stops early (`Ok`) if the writer is gone.
+/// The checking part of [`spill`]: DAG-CBOR, commit / node / record,
+/// chunks handed on to the encoders. Stops early (`Ok`) if they are gone.
 fn check_blocks(
     root: Cid,
     rx: &mut mpsc::Receiver<Vec<(Cid, Bytes)>>,
     limits: &ImportLimits,
     out: &mut Spilled,
-    (writer, spare): (&SyncSender<SpillBatch>, &Receiver<SpillBatch>),
+    encoders: &crossbeam_channel::Sender<SpillBatch>,
     repo_err: &dyn Fn(barn_repo::Error) -> Error,
 ) -> Result<()> {
     let mut node_bytes = 0usize;
-    let mut batch = Vec::new();
-    let mut batch_bytes = 0usize;
     while let Some(chunk) = rx.blocking_recv() {
-        for (cid, data) in chunk {
+        for (cid, data) in &chunk {
             // Every block of a repo is DAG-CBOR: commit, nodes, records.
             if cid.codec() != DAG_CBOR {
                 return Err(repo_err(barn_repo::Error::UnsupportedCid {
-                    cid,
+                    cid: *cid,
                     reason: "repository blocks are DAG-CBOR",
                 }));
             }
-            barn_repo::cbor::validate(&data).map_err(|e| repo_err(e.into()))?;
-            if cid == root {
+            barn_repo::cbor::validate(data).map_err(|e| repo_err(e.into()))?;
+            if *cid == root {
                 out.commit = Some(data.clone());
-            } else if looks_like_node(&data) {
+            } else if looks_like_node(data) {
                 if node_bytes + data.len() <= limits.node_cache_bytes {
                     node_bytes += data.len();
-                    out.nodes.insert(cid, data.clone());
+                    out.nodes.insert(*cid, data.clone());
                 }
             } else {
                 if out.seen.hashes.len() < limits.max_seen_records {
-                    out.seen.hashes.push(hash_prefix(&cid));
+                    out.seen.hashes.push(hash_prefix(cid));
                 }
-                match barn_repo::data::record_blobs(&data) {
+                match barn_repo::data::record_blobs(data) {
                     Ok(refs) => out.blob_refs.extend(refs),
                     Err(e) => {
                         out.unreadable += 1;
@@ -548,22 +582,11 @@ fn check_blocks(
             }
             out.blocks += 1;
             out.bytes += data.len() as u64;
-            batch_bytes += data.len();
-            batch.push((cid, data));
         }
-        if batch_bytes >= limits.spill_bytes {
-            let next = spare
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(batch.len()));
-            if writer.send(std::mem::replace(&mut batch, next)).is_err() {
-                return Ok(());
-            }
-            batch_bytes = 0;
+        if encoders.send(chunk).is_err() {
+            return Ok(());
         }
     }
-    // Ingested blocks are durable when the writer is done with them: the
-    // revision written next may refer to them.
-    let _ = writer.send(batch);
     Ok(())
 }
 
@@ -615,51 +638,66 @@ fn walk_tree<S: barn_repo::blocks::BlockSource>(
     }
 }
 
-/// The writing half of [`finish`]: merges the walked records with the
+/// The merging part of [`finish`]: merges the walked records with the
 /// repo's record index (both in key order) into creates, updates and
-/// deletes, pushed to `revision`. Returns the number of records walked.
+/// deletes, sent in chunks to the revision's writer. Returns the number of
+/// records walked; stops early (`Ok`) if the writer is gone.
 fn merge_ops(
     store: &Store,
     did: &str,
-    revision: &mut barn_store::LargeRevision<'_>,
     walked: Receiver<Walked>,
+    out: SyncSender<Vec<Op>>,
 ) -> Result<u64> {
     let mut current = store.records_iter(did);
     let mut cur = current.next().transpose()?;
     let mut records = 0u64;
+    let mut ops = Vec::with_capacity(WALK_CHUNK);
+    let send = |ops: &mut Vec<Op>| -> bool {
+        ops.len() < WALK_CHUNK
+            || out
+                .send(std::mem::replace(ops, Vec::with_capacity(WALK_CHUNK)))
+                .is_ok()
+    };
     for chunk in walked {
         let chunk = chunk?;
         records += chunk.len() as u64;
         for (path, cid) in chunk {
             while let Some((p, old)) = cur.take_if(|(p, _)| *p < path) {
-                revision.push(delete(p, old))?;
+                ops.push(delete(p, old));
                 cur = current.next().transpose()?;
             }
             match cur.take_if(|(p, _)| *p == path) {
                 Some((_, old)) => {
                     if old != cid {
-                        revision.push(Op {
+                        ops.push(Op {
                             action: OpAction::Update,
                             path,
                             cid: Some(cid),
                             prev: Some(old),
-                        })?;
+                        });
                     }
                     cur = current.next().transpose()?;
                 }
-                None => revision.push(Op {
+                None => ops.push(Op {
                     action: OpAction::Create,
                     path,
                     cid: Some(cid),
                     prev: None,
-                })?,
+                }),
             }
+        }
+        if !send(&mut ops) {
+            return Ok(records);
         }
     }
     while let Some((p, old)) = cur {
-        revision.push(delete(p, old))?;
+        ops.push(delete(p, old));
         cur = current.next().transpose()?;
+        if !send(&mut ops) {
+            return Ok(records);
+        }
     }
+    let _ = out.send(ops);
     Ok(records)
 }
 
@@ -730,9 +768,10 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
 
     // The full walk checks every node (layers, key order, canonical
     // shape); each record must be in the CAR or already in the store.
-    // Merged with the record index, in key order, it gives the ops. The
-    // walk runs on a thread of its own, handing over chunks of records,
-    // so that it overlaps writing the ops: each is about half the work.
+    // Merged with the record index, in key order, it gives the ops. Three
+    // threads hand chunks to each other: the walk, the merge, and the
+    // revision's writer, whose every group ends with syncing tables; the
+    // others go on meanwhile.
     let blocks = Layered {
         first: &spilled.nodes,
         second: store.block_source(),
@@ -745,10 +784,25 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
         let (tx, rx) = std::sync::mpsc::sync_channel(WALK_QUEUE);
         let walker =
             scope.spawn(|| walk_tree(store, blocks, &commit.data, &spilled.seen, tx, &repo_err));
-        let merged = merge_ops(store, did, &mut revision, rx);
+        let (to_writer, ops) = std::sync::mpsc::sync_channel::<Vec<Op>>(WALK_QUEUE);
+        let revision = &mut revision;
+        let writer = scope.spawn(move || -> Result<()> {
+            for chunk in ops {
+                for op in chunk {
+                    revision.push(op)?;
+                }
+            }
+            Ok(())
+        });
+        let merged = merge_ops(store, did, rx, to_writer);
+        let written = writer
+            .join()
+            .map_err(|_| Error::Task("op writer panicked".into()))?;
         walker
             .join()
             .map_err(|_| Error::Task("tree walker panicked".into()))?;
+        // A writer that failed stops taking ops: its error says why.
+        written?;
         merged
     })?;
     for r in &spilled.blob_refs {
