@@ -150,12 +150,18 @@ async fn import_file(
         max_bytes: 4 << 30,
         ..ImportLimits::default()
     };
-    // For experiments: `BARN_IMPORT_NODE_CACHE_MIB` (`node_cache_bytes`).
-    if let Some(mib) = std::env::var("BARN_IMPORT_NODE_CACHE_MIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        limits.node_cache_bytes = mib << 20;
+    // For experiments: `BARN_IMPORT_NODE_CACHE_MIB` (`node_cache_bytes`)
+    // and `BARN_IMPORT_SPILL_MIB` (`spill_bytes`).
+    let mib = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    if let Some(n) = mib("BARN_IMPORT_NODE_CACHE_MIB") {
+        limits.node_cache_bytes = n << 20;
+    }
+    if let Some(n) = mib("BARN_IMPORT_SPILL_MIB") {
+        limits.spill_bytes = n << 20;
     }
     import_car(store.clone(), request, reader, limits).await
 }
