@@ -665,6 +665,11 @@ fn merge_ops(
             while let Some((p, old)) = cur.take_if(|(p, _)| *p < path) {
                 ops.push(delete(p, old));
                 cur = current.next().transpose()?;
+                // A tree that lost most of its records: the deletes
+                // between two walked records are not bounded by a chunk.
+                if !send(&mut ops) {
+                    return Ok(records);
+                }
             }
             match cur.take_if(|(p, _)| *p == path) {
                 Some((_, old)) => {
