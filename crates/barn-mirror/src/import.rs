@@ -357,7 +357,7 @@ where
 
     // Stage 1 (here): read and hash-check; stage 2 (a blocking thread):
     // check, classify and spill. A few MiB in between.
-    let (tx, rx) = mpsc::channel::<Vec<(Cid, Bytes)>>(4);
+    let (tx, rx) = mpsc::channel::<SpillBatch>(4);
     let spill = {
         let store = store.clone();
         let did = request.did.clone();
@@ -371,7 +371,7 @@ where
             Ok(Some((cid, data))) => {
                 chunk_bytes += data.len();
                 chunk.push((cid, data));
-                if chunk_bytes >= 1 << 20 {
+                if chunk_bytes >= READ_CHUNK_BYTES {
                     chunk_bytes = 0;
                     if tx.send(std::mem::take(&mut chunk)).await.is_err() {
                         // The spill stage stopped; its error says why.
@@ -442,9 +442,12 @@ impl Seen {
     }
 }
 
-/// Blocks handed from the checking thread to the encoders: one chunk of
-/// about 1 MiB as it was read.
+/// Blocks as read, handed on from stage to stage of the spill: one chunk
+/// of about [`READ_CHUNK_BYTES`].
 type SpillBatch = Vec<(Cid, Bytes)>;
+
+/// Bytes of blocks the reading stage gathers before handing them on.
+const READ_CHUNK_BYTES: usize = 1 << 20;
 
 /// Threads encoding (compressing) blocks while the writer writes the ones
 /// encoded before: record compression is the largest cost of an import.
@@ -466,7 +469,7 @@ fn spill(
     store: &Store,
     did: &str,
     root: Cid,
-    mut rx: mpsc::Receiver<Vec<(Cid, Bytes)>>,
+    mut rx: mpsc::Receiver<SpillBatch>,
     limits: &ImportLimits,
 ) -> Result<Spilled> {
     let repo_err = |e: barn_repo::Error| Error::Repo {
@@ -485,7 +488,7 @@ fn spill(
     let (to_encoders, chunks) = crossbeam_channel::bounded::<SpillBatch>(ENCODE_QUEUE);
     // Room for one batch's worth of encoded chunks: the encoders go on
     // while the writer ingests the batch before.
-    let write_queue = (limits.spill_bytes >> 20).max(1);
+    let write_queue = (limits.spill_bytes / READ_CHUNK_BYTES).max(1);
     let (to_writer, encoded) = crossbeam_channel::bounded::<EncodedBlocks>(write_queue);
     std::thread::scope(|scope| {
         let spill_bytes = limits.spill_bytes;
@@ -544,7 +547,7 @@ fn spill(
 /// chunks handed on to the encoders. Stops early (`Ok`) if they are gone.
 fn check_blocks(
     root: Cid,
-    rx: &mut mpsc::Receiver<Vec<(Cid, Bytes)>>,
+    rx: &mut mpsc::Receiver<SpillBatch>,
     limits: &ImportLimits,
     out: &mut Spilled,
     encoders: &crossbeam_channel::Sender<SpillBatch>,
@@ -590,16 +593,17 @@ fn check_blocks(
     Ok(())
 }
 
-/// Records per chunk handed from the tree walk to the op writer.
+/// Records (or ops) per chunk handed from the tree walk to the merge, and
+/// from the merge to the revision's writer.
 const WALK_CHUNK: usize = 4096;
-/// Chunks the walk may run ahead of the op writer.
+/// Chunks either may run ahead of the thread after it.
 const WALK_QUEUE: usize = 8;
 
 type Walked = Result<Vec<(String, Cid)>>;
 
 /// The walking half of [`finish`]: every record of the tree at `data`, in
 /// key order, checked present, sent in chunks. An error is sent as the
-/// last item; a closed channel (the op writer stopped) ends the walk.
+/// last item; a closed channel (the merge stopped) ends the walk.
 fn walk_tree<S: barn_repo::blocks::BlockSource>(
     store: &Store,
     blocks: S,

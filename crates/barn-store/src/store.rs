@@ -427,20 +427,13 @@ impl Store {
         if blocks.entries.is_empty() {
             return Ok(());
         }
-        let dicts = self.codec.unpersisted_upto(blocks.max_tag);
-        if !dicts.is_empty() {
-            for d in &dicts {
-                self.meta.insert(dict_key(d.id), d.bytes.as_ref())?;
-            }
-            self.db.persist(PersistMode::SyncAll)?;
-            for d in &dicts {
-                self.codec.persisted(d);
-            }
-        }
-        let count = blocks.entries.len();
-        let bytes = blocks.raw_bytes;
-        let mut encoded = std::mem::take(&mut blocks.entries);
-        *blocks = EncodedBlocks::default();
+        self.persist_dictionaries(&self.codec.unpersisted_upto(blocks.max_tag))?;
+        let EncodedBlocks {
+            entries: mut encoded,
+            raw_bytes: bytes,
+            ..
+        } = std::mem::take(blocks);
+        let count = encoded.len();
         encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // Ingestion wants strictly increasing keys: a CAR may repeat a
         // block.
@@ -522,10 +515,21 @@ impl Store {
         self.codec.finish_training();
         // Durable now, not with the next batch: a store closed before its
         // next write would otherwise train again.
-        if let Some(d) = self.codec.unpersisted() {
+        let active: Vec<_> = self.codec.unpersisted().into_iter().collect();
+        self.persist_dictionaries(&active)
+    }
+
+    /// Makes `dicts` durable on their own (one sync), outside any batch.
+    fn persist_dictionaries(&self, dicts: &[Arc<crate::codec::Dict>]) -> Result<()> {
+        if dicts.is_empty() {
+            return Ok(());
+        }
+        for d in dicts {
             self.meta.insert(dict_key(d.id), d.bytes.as_ref())?;
-            self.db.persist(PersistMode::SyncAll)?;
-            self.codec.persisted(&d);
+        }
+        self.db.persist(PersistMode::SyncAll)?;
+        for d in dicts {
+            self.codec.persisted(d);
         }
         Ok(())
     }
