@@ -229,3 +229,50 @@ async fn a_large_import_failing_late_puts_the_record_index_back() {
         changed + removed
     );
 }
+
+/// A tree large enough to be walked in subtrees on two threads, with two
+/// of the root's subtrees swapped: every node is still well formed and on
+/// its layer, only the order across subtrees is wrong. The import must
+/// refuse it as a whole walk would, and record nothing.
+#[tokio::test]
+async fn a_large_tree_with_subtrees_swapped_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+    let key = PrivateKey::from_seed(KeyType::K256, 6);
+    let n = 6 * barn_store::CHUNK_OPS;
+    let (root, mut blocks) = build_repo(DID, "3l3qo2vuowo2b", &key, records(n)).unwrap();
+    let commit = barn_repo::commit::Commit::decode(blocks.get(&root).unwrap()).unwrap();
+    // Above the layer the import starts cutting the tree into units at.
+    let top = barn_repo::mst::MstWalker::new(&blocks, &commit.data)
+        .unwrap()
+        .layer()
+        .unwrap();
+    assert!(top >= 6, "root on layer {top}: too small to be split");
+
+    let mut node =
+        barn_repo::mst::NodeData::decode(&commit.data, blocks.get(&commit.data).unwrap()).unwrap();
+    let mut slots: Vec<&mut Option<cid::Cid>> = std::iter::once(&mut node.left)
+        .chain(node.entries.iter_mut().map(|e| &mut e.right))
+        .filter(|s| s.is_some())
+        .collect();
+    assert!(slots.len() >= 2, "the root has {} subtrees", slots.len());
+    let last = slots.len() - 1;
+    let (a, b) = (*slots[0], *slots[last]);
+    *slots[0] = b;
+    *slots[last] = a;
+    let forged = blocks.put_cbor(node.encode());
+    let (_, commit_bytes, forged_root) =
+        barn_repo::commit::Commit::create(DID, forged, "3l3qo2vuowo2c", &key).unwrap();
+    blocks.insert(forged_root, bytes::Bytes::from(commit_bytes));
+    let car = write_car(&[forged_root], blocks.iter().map(|(c, b)| (c, &b[..])));
+    match import(&store, car, &key).await {
+        Err(Error::Repo { source, .. }) => assert_eq!(source.reason(), "bad_mst_key"),
+        other => panic!("subtrees out of order must fail the import: {other:?}"),
+    }
+    nothing_recorded(&store);
+
+    // The genuine tree, from the same blocks, imports whole.
+    let car = write_car(&[root], blocks.iter().map(|(c, b)| (c, &b[..])));
+    assert_eq!(import(&store, car, &key).await.unwrap(), n as u64);
+    assert_eq!(store.records(DID).unwrap().len(), n);
+}
