@@ -28,7 +28,71 @@
 
 use crate::error::{Error, Result};
 use crate::model::{ChunkedOps, CommitEntry, Op, OpCounts};
-use crate::store::{Batch, Store, decode, encode, key2};
+use crate::store::{Batch, Store, decode, key2};
+
+/// A chunk of ops as DAG-CBOR, written by hand: the same bytes as
+/// `serde_ipld_dagcbor` gives (a test checks), whose serializer buffers and
+/// sorts every field of every op on its own. With that, encoding took
+/// ~0.4 µs an op, as much as an import's whole writing of them.
+fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    /// A CBOR head: major type and argument, shortest form.
+    fn head(out: &mut Vec<u8>, major: u8, n: usize) {
+        let m = major << 5;
+        match n {
+            0..=23 => out.push(m | n as u8),
+            24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+            0x100..=0xffff => {
+                out.push(m | 25);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                out.push(m | 26);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+            _ => {
+                out.push(m | 27);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+    }
+    fn text(out: &mut Vec<u8>, s: &str) {
+        head(out, 3, s.len());
+        out.extend_from_slice(s.as_bytes());
+    }
+    fn link(out: &mut Vec<u8>, cid: Option<&cid::Cid>) {
+        let Some(cid) = cid else {
+            out.push(0xf6); // null
+            return;
+        };
+        let bytes = cid.to_bytes();
+        out.extend_from_slice(&[0xd8, 42]); // tag 42, then 0x00 ‖ CID
+        head(out, 2, bytes.len() + 1);
+        out.push(0);
+        out.extend_from_slice(&bytes);
+    }
+    let mut out = Vec::with_capacity(ops.len() * 112 + 8);
+    head(&mut out, 4, ops.len());
+    for op in ops {
+        // DAG-CBOR map keys in canonical order: shorter first, then bytes.
+        head(&mut out, 5, 4);
+        text(&mut out, "cid");
+        link(&mut out, op.cid.as_ref());
+        text(&mut out, "path");
+        text(&mut out, &op.path);
+        text(&mut out, "prev");
+        link(&mut out, op.prev.as_ref());
+        text(&mut out, "action");
+        text(
+            &mut out,
+            match op.action {
+                crate::model::OpAction::Create => "create",
+                crate::model::OpAction::Update => "update",
+                crate::model::OpAction::Delete => "delete",
+            },
+        );
+    }
+    out
+}
 
 /// Ops per chunk: ~100 bytes each, so ~400 KB values.
 pub const CHUNK_OPS: usize = 4096;
@@ -220,7 +284,7 @@ impl LargeRevision<'_> {
             for (i, chunk) in group.iter().enumerate() {
                 ingestion.write(
                     chunk_key(&self.did, &self.rev, self.chunks + i as u32),
-                    encode(chunk),
+                    encode_ops(chunk),
                 )?;
             }
             ingestion.finish()?;
@@ -248,7 +312,7 @@ impl LargeRevision<'_> {
             wb.insert(
                 &store.ops,
                 chunk_key(&self.did, &self.rev, self.chunks),
-                encode(chunk),
+                encode_ops(chunk),
             );
             wb.commit()?;
             self.chunks += 1;
@@ -348,7 +412,49 @@ mod tests {
 
     use super::*;
     use crate::model::{OpAction, Source};
-    use crate::store::StoreOptions;
+    use crate::store::{StoreOptions, encode};
+
+    #[test]
+    fn ops_encoded_by_hand_are_the_bytes_serde_gives() {
+        let mut ops = Vec::new();
+        for (i, path) in [
+            "app.bsky.feed.post/3k2a",
+            "",
+            "c/é",
+            &"x".repeat(23),
+            &"y".repeat(24),
+            &"z".repeat(300),
+            &"w".repeat(70_000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let i = i as u64;
+            for (action, new, old) in [
+                (OpAction::Create, Some(cid(i)), None),
+                (OpAction::Update, Some(cid(i + 100)), Some(cid(i))),
+                (OpAction::Delete, None, Some(cid(i + 100))),
+            ] {
+                ops.push(Op {
+                    action,
+                    path: path.to_owned(),
+                    cid: new,
+                    prev: old,
+                });
+            }
+        }
+        assert_eq!(ops.len(), 21);
+        for n in [0, 1, 5, 21] {
+            let chunk = &ops[..n];
+            let bytes = encode_ops(chunk);
+            assert_eq!(bytes, encode(&chunk.to_vec()), "{n} ops");
+            assert_eq!(decode::<Vec<Op>>("op chunk", &bytes).unwrap(), chunk);
+        }
+        // Past 23, 255 and 65,535 ops the array head grows.
+        let short = ops.iter().filter(|op| op.path.len() < 1000);
+        let many: Vec<Op> = short.cycle().take(70_000).cloned().collect();
+        assert_eq!(encode_ops(&many), encode(&many));
+    }
 
     const DID: &str = "did:plc:large";
 
