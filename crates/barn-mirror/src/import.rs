@@ -40,7 +40,7 @@ use barn_repo::blocks::Layered;
 use barn_repo::car::{CarLimits, CarStream};
 use barn_repo::commit::Commit;
 use barn_repo::crypto::PublicKey;
-use barn_repo::mst::{MstWalker, WalkItem};
+use barn_repo::mst::MstWalker;
 use barn_store::{CommitEntry, EncodedBlocks, Op, OpAction, RepoState, Source, Store, now_ms};
 
 use crate::error::{Error, Result};
@@ -598,120 +598,42 @@ const WALK_CHUNK: usize = 4096;
 /// Chunks either may run ahead of the thread after it.
 const WALK_QUEUE: usize = 8;
 
-/// Threads walking the tree. The walk (a SHA-256 of every key for its
-/// layer, decoding every node, the presence check) is the longest part of
-/// an import's finish; two walkers take the subtrees in turns.
-const WALKERS: usize = 2;
-/// The walkers' units are the subtrees this many layers below the root
-/// (~4^4 = 256 of them: an MST node has four children on average)...
-const UNIT_DEPTH: u32 = 4;
-/// ...but none on a layer below this one (~4^5 = 1,024 records): a tree
-/// whose root is no higher is walked whole, by one walker.
-const MIN_UNIT_LAYER: u32 = 5;
+type Walked = Result<Vec<(String, Cid)>>;
 
-/// A walker's unit: the whole tree (`None`), or a subtree and its layer.
-type Unit = Option<(Cid, u32)>;
-
-/// What the merge takes next, in key order.
-enum Step {
-    /// A record in a node above the units (seen while planning).
-    Leaf(String, Cid),
-    /// Everything the given walker sends for its next unit.
-    Unit(usize),
-}
-
-/// The walk cut into units: the steps in key order, and each walker's
-/// units in the order the merge will want them.
-#[derive(Default)]
-struct WalkPlan {
-    steps: Vec<Step>,
-    units: [Vec<Unit>; WALKERS],
-}
-
-/// Walks the top of the tree at `data` down to the units' layer (checking
-/// those nodes fully), dealing the units out to the walkers in turn. Its
-/// size depends on [`UNIT_DEPTH`], not on the tree's.
-fn plan_walk<S: barn_repo::blocks::BlockSource>(
+/// The walking half of [`finish`]: every record of the tree at `data`, in
+/// key order, checked present, sent in chunks. An error is sent as the
+/// last item; a closed channel (the merge stopped) ends the walk.
+fn walk_tree<S: barn_repo::blocks::BlockSource>(
+    store: &Store,
     blocks: S,
     data: &Cid,
-) -> barn_repo::Result<WalkPlan> {
-    let mut w = MstWalker::new(blocks, data)?;
-    let mut plan = WalkPlan::default();
-    let Some(top) = w.layer() else {
-        return Ok(plan); // the empty tree
-    };
-    if top <= MIN_UNIT_LAYER {
-        plan.units[0].push(None);
-        plan.steps.push(Step::Unit(0));
-        return Ok(plan);
-    }
-    let units_layer = top.saturating_sub(UNIT_DEPTH).max(MIN_UNIT_LAYER);
-    let mut next = 0;
-    while let Some(item) = w.peek() {
-        match item {
-            WalkItem::Leaf(key, cid) => {
-                plan.steps
-                    .push(Step::Leaf(String::from_utf8_lossy(key).into_owned(), *cid));
-                w.advance();
-            }
-            WalkItem::Tree(cid, layer) if layer <= units_layer => {
-                plan.units[next].push(Some((*cid, layer)));
-                plan.steps.push(Step::Unit(next));
-                next = (next + 1) % WALKERS;
-                w.advance();
-            }
-            WalkItem::Tree(..) => w.step_into()?,
-        }
-    }
-    Ok(plan)
-}
-
-/// A chunk of one unit's records in key order, and whether it is the
-/// unit's last.
-type Walked = Result<(Vec<(String, Cid)>, bool)>;
-
-/// Whether a record's block is in the CAR or already in the store.
-type Present<'a> = dyn Fn(&Cid) -> Result<bool> + Sync + 'a;
-
-/// One walker of [`finish`]: every record of its units, in key order,
-/// checked present, sent in chunks (each unit ends with a chunk marked
-/// last, maybe empty). An error is sent as the last item; a closed channel
-/// (the merge stopped) ends the walk.
-fn walk_units<S: barn_repo::blocks::BlockSource + Copy>(
-    blocks: S,
-    data: &Cid,
-    units: &[Unit],
-    present: &Present<'_>,
+    seen: &Seen,
     tx: SyncSender<Walked>,
     repo_err: &(dyn Fn(barn_repo::Error) -> Error + Sync),
 ) {
     let walk = || -> Result<()> {
-        for unit in units {
-            let walker = match unit {
-                None => MstWalker::new(blocks, data),
-                Some((cid, layer)) => MstWalker::subtree(blocks, cid, *layer),
+        let mut chunk = Vec::with_capacity(WALK_CHUNK);
+        for item in MstWalker::new(blocks, data).map_err(repo_err)? {
+            let (key, cid) = item.map_err(repo_err)?;
+            let present = seen.contains(hash_prefix(&cid)) || store.has_block(&cid)?;
+            if !present {
+                return Err(repo_err(barn_repo::Error::MissingBlock(cid)));
             }
-            .map_err(repo_err)?;
-            let mut chunk = Vec::with_capacity(WALK_CHUNK);
-            for item in walker {
-                let (key, cid) = item.map_err(repo_err)?;
-                if !present(&cid)? {
-                    return Err(repo_err(barn_repo::Error::MissingBlock(cid)));
-                }
-                let path = String::from_utf8(key)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                chunk.push((path, cid));
-                if chunk.len() == WALK_CHUNK {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(WALK_CHUNK));
-                    if tx.send(Ok((full, false))).is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            if tx.send(Ok((chunk, true))).is_err() {
+            let path = String::from_utf8(key)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            chunk.push((path, cid));
+            if chunk.len() == WALK_CHUNK
+                && tx
+                    .send(Ok(std::mem::replace(
+                        &mut chunk,
+                        Vec::with_capacity(WALK_CHUNK),
+                    )))
+                    .is_err()
+            {
                 return Ok(());
             }
         }
+        let _ = tx.send(Ok(chunk));
         Ok(())
     };
     if let Err(e) = walk() {
@@ -719,143 +641,72 @@ fn walk_units<S: barn_repo::blocks::BlockSource + Copy>(
     }
 }
 
-/// The merge's state: the repo's record index read in key order beside
-/// the walked records, and the ops found so far.
-struct Merge<I> {
-    current: I,
-    cur: Option<(String, Cid)>,
-    ops: Vec<Op>,
-    out: SyncSender<Vec<Op>>,
-    /// The last record merged: units are walked apart, so the order
-    /// across them (and across the records above them) is checked here.
-    last: String,
-    records: u64,
-}
-
-impl<I: Iterator<Item = barn_store::Result<(String, Cid)>>> Merge<I> {
-    /// Hands the ops on once a chunk is full; false when the writer is
-    /// gone (its error says why).
-    fn send(&mut self) -> bool {
-        self.ops.len() < WALK_CHUNK
-            || self
-                .out
-                .send(std::mem::replace(
-                    &mut self.ops,
-                    Vec::with_capacity(WALK_CHUNK),
-                ))
-                .is_ok()
-    }
-
-    /// One walked record; `Ok(false)` when the writer is gone.
-    fn record(&mut self, path: String, cid: Cid, did: &str) -> Result<bool> {
-        if self.records > 0 && path <= self.last {
-            return Err(Error::Repo {
-                did: did.to_owned(),
-                source: Box::new(barn_repo::Error::MstKey {
-                    key: path,
-                    reason: "keys out of order across nodes",
-                }),
-            });
-        }
-        self.records += 1;
-        self.last.clear();
-        self.last.push_str(&path);
-        while let Some((p, old)) = self.cur.take_if(|(p, _)| *p < path) {
-            self.ops.push(delete(p, old));
-            self.cur = self.current.next().transpose()?;
-            // A tree that lost most of its records: the deletes between
-            // two walked records are not bounded by a chunk.
-            if !self.send() {
-                return Ok(false);
-            }
-        }
-        match self.cur.take_if(|(p, _)| *p == path) {
-            Some((_, old)) => {
-                if old != cid {
-                    self.ops.push(Op {
-                        action: OpAction::Update,
-                        path,
-                        cid: Some(cid),
-                        prev: Some(old),
-                    });
-                }
-                self.cur = self.current.next().transpose()?;
-            }
-            None => self.ops.push(Op {
-                action: OpAction::Create,
-                path,
-                cid: Some(cid),
-                prev: None,
-            }),
-        }
-        Ok(self.send())
-    }
-}
-
-/// The merging part of [`finish`]: takes the records in key order (those
-/// of the plan, then each unit from the walker that has it), checks that
-/// order, and merges them with the repo's record index into creates,
-/// updates and deletes, sent in chunks to the revision's writer. Returns
-/// the number of records walked; stops early (`Ok`) if the writer is gone.
+/// The merging part of [`finish`]: merges the walked records with the
+/// repo's record index (both in key order) into creates, updates and
+/// deletes, sent in chunks to the revision's writer. Returns the number of
+/// records walked; stops early (`Ok`) if the writer is gone.
 fn merge_ops(
     store: &Store,
     did: &str,
-    steps: Vec<Step>,
-    walked: [Receiver<Walked>; WALKERS],
-    present: &Present<'_>,
+    walked: Receiver<Walked>,
     out: SyncSender<Vec<Op>>,
 ) -> Result<u64> {
     let mut current = store.records_iter(did);
-    let cur = current.next().transpose()?;
-    let mut m = Merge {
-        current,
-        cur,
-        ops: Vec::with_capacity(WALK_CHUNK),
-        out,
-        last: String::new(),
-        records: 0,
+    let mut cur = current.next().transpose()?;
+    let mut records = 0u64;
+    let mut ops = Vec::with_capacity(WALK_CHUNK);
+    let send = |ops: &mut Vec<Op>| -> bool {
+        ops.len() < WALK_CHUNK
+            || out
+                .send(std::mem::replace(ops, Vec::with_capacity(WALK_CHUNK)))
+                .is_ok()
     };
-    for step in steps {
-        match step {
-            Step::Leaf(path, cid) => {
-                if !present(&cid)? {
-                    return Err(Error::Repo {
-                        did: did.to_owned(),
-                        source: Box::new(barn_repo::Error::MissingBlock(cid)),
-                    });
-                }
-                if !m.record(path, cid, did)? {
-                    return Ok(m.records);
+    for chunk in walked {
+        let chunk = chunk?;
+        records += chunk.len() as u64;
+        for (path, cid) in chunk {
+            while let Some((p, old)) = cur.take_if(|(p, _)| *p < path) {
+                ops.push(delete(p, old));
+                cur = current.next().transpose()?;
+                // A tree that lost most of its records: the deletes
+                // between two walked records are not bounded by a chunk.
+                if !send(&mut ops) {
+                    return Ok(records);
                 }
             }
-            Step::Unit(w) => loop {
-                let Some(rx) = walked.get(w) else {
-                    return Err(Error::Task(format!("no tree walker {w}")));
-                };
-                let Ok(msg) = rx.recv() else {
-                    return Err(Error::Task("tree walker stopped early".into()));
-                };
-                let (chunk, last) = msg?;
-                for (path, cid) in chunk {
-                    if !m.record(path, cid, did)? {
-                        return Ok(m.records);
+            match cur.take_if(|(p, _)| *p == path) {
+                Some((_, old)) => {
+                    if old != cid {
+                        ops.push(Op {
+                            action: OpAction::Update,
+                            path,
+                            cid: Some(cid),
+                            prev: Some(old),
+                        });
                     }
+                    cur = current.next().transpose()?;
                 }
-                if last {
-                    break;
-                }
-            },
+                None => ops.push(Op {
+                    action: OpAction::Create,
+                    path,
+                    cid: Some(cid),
+                    prev: None,
+                }),
+            }
+        }
+        if !send(&mut ops) {
+            return Ok(records);
         }
     }
-    while let Some((p, old)) = m.cur.take() {
-        m.ops.push(delete(p, old));
-        m.cur = m.current.next().transpose()?;
-        if !m.send() {
-            return Ok(m.records);
+    while let Some((p, old)) = cur {
+        ops.push(delete(p, old));
+        cur = current.next().transpose()?;
+        if !send(&mut ops) {
+            return Ok(records);
         }
     }
-    let _ = m.out.send(m.ops);
-    Ok(m.records)
+    let _ = out.send(ops);
+    Ok(records)
 }
 
 /// Starts one of an import's threads, named so that `top -H` and profiles
@@ -949,26 +800,12 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
     // The ops go to the store in chunks as they are found, applied to the
     // record index with an undo log: an error below (a missing block, a
     // bad node) drops `revision`, which puts the index back.
-    let plan = plan_walk(blocks, &commit.data).map_err(repo_err)?;
-    let present = |cid: &Cid| -> Result<bool> {
-        Ok(spilled.seen.contains(hash_prefix(cid)) || store.has_block(cid)?)
-    };
     let mut revision = store.large_revision(did, &head.rev);
     let records = std::thread::scope(|scope| -> Result<u64> {
-        let WalkPlan { steps, units } = plan;
-        let mut walkers = Vec::with_capacity(WALKERS);
-        let mut receivers = Vec::with_capacity(WALKERS);
-        for units in units {
-            let (tx, rx) = std::sync::mpsc::sync_channel(WALK_QUEUE);
-            let (present, repo_err, data) = (&present, &repo_err, &commit.data);
-            walkers.push(spawn_named(scope, "import-walk", move || {
-                walk_units(blocks, data, &units, present, tx, repo_err)
-            })?);
-            receivers.push(rx);
-        }
-        let walked: [Receiver<Walked>; WALKERS] = receivers
-            .try_into()
-            .map_err(|_| Error::Task("tree walkers not started".into()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(WALK_QUEUE);
+        let walker = spawn_named(scope, "import-walk", || {
+            walk_tree(store, blocks, &commit.data, &spilled.seen, tx, &repo_err)
+        })?;
         let (to_writer, ops) = std::sync::mpsc::sync_channel::<Vec<Op>>(WALK_QUEUE);
         let revision = &mut revision;
         let writer = spawn_named(scope, "import-ops", move || -> Result<()> {
@@ -979,15 +816,13 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
             }
             Ok(())
         })?;
-        let merged = merge_ops(store, did, steps, walked, &present, to_writer);
+        let merged = merge_ops(store, did, rx, to_writer);
         let written = writer
             .join()
             .map_err(|_| Error::Task("op writer panicked".into()))?;
-        for walker in walkers {
-            walker
-                .join()
-                .map_err(|_| Error::Task("tree walker panicked".into()))?;
-        }
+        walker
+            .join()
+            .map_err(|_| Error::Task("tree walker panicked".into()))?;
         // A writer that failed stops taking ops: its error says why.
         written?;
         merged

@@ -118,32 +118,12 @@ impl<S: BlockSource> MstWalker<S> {
         Self::open(source, root, false)
     }
 
-    /// Opens the subtree at `cid`, which its parent places on `layer`
-    /// ([`WalkItem::Tree`] gives both), checking every node fully. Only
-    /// that subtree is walked: that its keys lie between the parent's
-    /// neighbouring keys is for the caller to check, for example by
-    /// walking the subtrees of one tree on several threads and checking
-    /// the order where their outputs are put back together.
-    pub fn subtree(source: S, cid: &Cid, layer: u32) -> Result<Self> {
-        Self::open_at(source, cid, Some(layer), true)
-    }
-
     fn open(source: S, root: &Cid, check_heights: bool) -> Result<Self> {
-        Self::open_at(source, root, None, check_heights)
-    }
-
-    /// `layer`: `None` for a root (layer from its keys, may be empty),
-    /// else the layer its parent gives it.
-    fn open_at(source: S, root: &Cid, layer: Option<u32>, check_heights: bool) -> Result<Self> {
         let mut node = RawNode::default();
         load_raw(&source, root, &mut node)?;
-        let is_root = layer.is_none();
-        let layer = match layer {
-            Some(l) => l,
-            None => root_layer(root, &node)?,
-        };
+        let layer = root_layer(root, &node)?;
         let limits = MstLimits::default();
-        check_node(root, &node, layer, &limits, is_root, check_heights)?;
+        check_node(root, &node, layer, &limits, true, check_heights)?;
         let mut w = MstWalker {
             source,
             frames: vec![Frame {
@@ -184,12 +164,6 @@ impl<S: BlockSource> MstWalker<S> {
             }
             break;
         }
-    }
-
-    /// The layer of the node the current item is in; `None` when the walk
-    /// is over.
-    pub fn layer(&self) -> Option<u32> {
-        self.top().map(|f| f.layer)
     }
 
     /// The current item; `None` when the walk is over.
@@ -293,92 +267,5 @@ impl<S: BlockSource> Iterator for MstWalker<S> {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_leaf().transpose()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::blocks::BlockMap;
-    use crate::cid_for_cbor;
-    use crate::mst::Mst;
-
-    fn tree(n: usize) -> (BlockMap, Cid) {
-        let entries = (0..n)
-            .map(|i| {
-                let key = format!("app.bsky.feed.post/3k{i:011}");
-                (key.into_bytes(), cid_for_cbor(&(i as u64).to_be_bytes()))
-            })
-            .collect();
-        let mut t = Mst::from_sorted(BlockMap::new(), entries).unwrap();
-        let root = t.root_cid();
-        (t.take_new_blocks(), root)
-    }
-
-    /// A leaf above the frontier, or a subtree at or below it.
-    type Part = Result<(Vec<u8>, Cid), (Cid, u32)>;
-
-    /// Leaves above `frontier` and the subtrees at or below it, in order.
-    fn split(blocks: &BlockMap, root: &Cid, frontier: u32) -> Vec<Part> {
-        let mut w = MstWalker::new(blocks, root).unwrap();
-        let mut out = Vec::new();
-        while let Some(item) = w.peek() {
-            match item {
-                WalkItem::Leaf(k, v) => {
-                    out.push(Ok((k.to_vec(), *v)));
-                    w.advance();
-                }
-                WalkItem::Tree(c, l) if l <= frontier => {
-                    out.push(Err((*c, l)));
-                    w.advance();
-                }
-                WalkItem::Tree(..) => w.step_into().unwrap(),
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn subtrees_walked_apart_give_the_whole_walk() {
-        let (blocks, root) = tree(5000);
-        let whole: Vec<_> = MstWalker::new(&blocks, &root)
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
-        assert_eq!(whole.len(), 5000);
-        let top = MstWalker::new(&blocks, &root).unwrap().layer().unwrap();
-        assert!(top >= 3, "5000 keys make a tree of several layers");
-        let mut units = 0;
-        let mut pieced = Vec::new();
-        for part in split(&blocks, &root, top - 2) {
-            match part {
-                Ok(leaf) => pieced.push(leaf),
-                Err((cid, layer)) => {
-                    units += 1;
-                    let w = MstWalker::subtree(&blocks, &cid, layer).unwrap();
-                    assert_eq!(w.layer(), Some(layer));
-                    pieced.extend(w.map(|r| r.unwrap()));
-                }
-            }
-        }
-        assert!(units > 4, "{units} subtrees");
-        assert_eq!(pieced, whole);
-    }
-
-    #[test]
-    fn subtree_on_the_wrong_layer_is_refused() {
-        let (blocks, root) = tree(5000);
-        let top = MstWalker::new(&blocks, &root).unwrap().layer().unwrap();
-        let (cid, layer) = split(&blocks, &root, top - 1)
-            .into_iter()
-            .find_map(|p| p.err())
-            .unwrap();
-        for wrong in [layer + 1, layer - 1] {
-            let e = MstWalker::subtree(&blocks, &cid, wrong).err().unwrap();
-            assert_eq!(e.reason(), "bad_mst_node", "layer {wrong}");
-        }
-        // A subtree whose node is missing is an error, not an empty tree.
-        let leaf_value = cid_for_cbor(&0u64.to_be_bytes());
-        assert!(MstWalker::subtree(&blocks, &leaf_value, 0).is_err());
     }
 }
