@@ -339,11 +339,20 @@ impl Store {
     /// Applies `batch` atomically and durably (one fsync). When this
     /// returns `Ok`, everything in the batch survives a crash; when it
     /// fails, none of it is visible.
-    pub fn write(&self, batch: Batch) -> Result<()> {
+    pub fn write(&self, mut batch: Batch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        self.codec.observe(batch.blocks.values().map(Bytes::as_ref));
+        // In key order, as the map gave them before: the ingest bench's
+        // store stage took 47.6–57.6 µs a commit unsorted, 37.5–38.3
+        // sorted here, 40.6–45.9 with the map.
+        // By reference: a key function would copy the 88-byte `Cid` twice
+        // a comparison (39.0–39.6 µs a commit in the same bench).
+        #[allow(clippy::unnecessary_sort_by)]
+        batch.blocks.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        batch.blocks.dedup_by(|a, b| a.0 == b.0);
+        self.codec
+            .observe(batch.blocks.iter().map(|(_, b)| b.as_ref()));
         let mut wb = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut max_tag = 0u8;
         for (cid, data) in &batch.blocks {
@@ -738,7 +747,10 @@ impl BlockSource for StoreBlocks<'_> {
 /// ones in the same batch, so a batch can carry many commits of one repo.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
-    pub(crate) blocks: BTreeMap<Cid, Bytes>,
+    /// In the order put, repeats included; sorted and deduplicated when
+    /// written. A map kept sorted as it fills cost ~3.5 µs a commit (~10
+    /// blocks each) in the live path's profile.
+    pub(crate) blocks: Vec<(Cid, Bytes)>,
     pub(crate) commits: Vec<(String, CommitEntry)>,
     pub(crate) records: BTreeMap<(String, String), Option<Cid>>,
     pub(crate) repos: BTreeMap<String, RepoState>,
@@ -771,7 +783,7 @@ impl Batch {
 
     /// Stores a block (content-addressed; the caller has verified its hash).
     pub fn put_block(&mut self, cid: Cid, data: Bytes) {
-        self.blocks.insert(cid, data);
+        self.blocks.push((cid, data));
     }
 
     /// Records a new revision of `did`.
@@ -806,7 +818,7 @@ impl Batch {
 
     /// Block bytes in the batch.
     pub fn block_bytes(&self) -> usize {
-        self.blocks.values().map(Bytes::len).sum()
+        self.blocks.iter().map(|(_, b)| b.len()).sum()
     }
 }
 
