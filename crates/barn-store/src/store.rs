@@ -70,11 +70,15 @@ pub struct StoreOptions {
     /// and left to fjall's lz4.
     pub compress_structure: bool,
     /// fjall's background threads (memtable flushes and compactions);
-    /// 0 leaves fjall's default (one per core, up to 4). Default 1: with
-    /// two or more, fjall's first worker hands every compaction request
-    /// back to the queue (to stay free for flushes) and picks it up again
-    /// at once, spinning on a core for as long as another worker compacts;
-    /// on two cores that core is the one barn's pipeline needs
+    /// 0 leaves fjall's default (one per core, up to 4). Default 2, never
+    /// 1 in a store that takes a sustained stream of writes: a lone worker
+    /// also rotates full memtables, so during a long compaction (seconds,
+    /// growing with the store) the active memtable grows past its size
+    /// and memory with it, at the rate of the writes (425 MiB of write
+    /// buffer with 32 MiB memtables in the ingest bench). With two, fjall's
+    /// first worker stays free for rotations and flushes; it spins on the
+    /// queue while the other compacts (it hands compaction requests back
+    /// and takes them again), which costs CPU but not memory
     /// (`benches/README.md`, "fjall's worker threads").
     pub worker_threads: usize,
     /// Level-0 tables of the `blocks` keyspace before fjall compacts them
@@ -106,7 +110,7 @@ impl Default for StoreOptions {
             },
             blocks_lz4: true,
             compress_structure: false,
-            worker_threads: 1,
+            worker_threads: 2,
             blocks_l0_threshold: 16,
         }
     }
