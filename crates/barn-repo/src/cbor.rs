@@ -518,18 +518,36 @@ fn parse_link_payload(payload: &[u8]) -> Option<Cid> {
     (len == rest.len()).then_some(cid)
 }
 
-/// A canonical DAG-CBOR writer. Callers write map keys in canonical order
-/// themselves; the MST and commit encoders have fixed key sets.
-#[derive(Default)]
-pub(crate) struct Encoder {
+/// A canonical DAG-CBOR writer for values with a fixed shape (MST nodes,
+/// commits, barn-store's op chunks): every head in its shortest form.
+/// Callers write map keys in canonical order themselves (shorter keys
+/// first, then bytewise).
+#[derive(Debug, Default)]
+pub struct Encoder {
     pub(crate) out: Vec<u8>,
 }
 
 impl Encoder {
-    pub(crate) fn with_capacity(n: usize) -> Self {
+    /// An empty writer with room for `n` bytes.
+    pub fn with_capacity(n: usize) -> Self {
         Encoder {
             out: Vec::with_capacity(n),
         }
+    }
+
+    /// The bytes written.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.out
+    }
+
+    /// The head of an array of `len` items (the items follow).
+    pub fn array(&mut self, len: usize) {
+        self.head(MAJOR_ARRAY, len as u64);
+    }
+
+    /// The head of a map of `len` entries (keys and values follow).
+    pub fn map(&mut self, len: usize) {
+        self.head(MAJOR_MAP, len as u64);
     }
 
     pub(crate) fn head(&mut self, major: u8, arg: u64) {
@@ -551,17 +569,20 @@ impl Encoder {
         }
     }
 
-    pub(crate) fn text(&mut self, s: &str) {
+    /// A text string.
+    pub fn text(&mut self, s: &str) {
         self.head(MAJOR_TEXT, s.len() as u64);
         self.out.extend_from_slice(s.as_bytes());
     }
 
-    pub(crate) fn bytes(&mut self, b: &[u8]) {
+    /// A byte string.
+    pub fn bytes(&mut self, b: &[u8]) {
         self.head(MAJOR_BYTES, b.len() as u64);
         self.out.extend_from_slice(b);
     }
 
-    pub(crate) fn int(&mut self, v: i64) {
+    /// An integer.
+    pub fn int(&mut self, v: i64) {
         if v >= 0 {
             self.head(MAJOR_UINT, v as u64);
         } else {
@@ -569,11 +590,13 @@ impl Encoder {
         }
     }
 
-    pub(crate) fn null(&mut self) {
+    /// `null`.
+    pub fn null(&mut self) {
         self.out.push(0xf6);
     }
 
-    pub(crate) fn link(&mut self, cid: &Cid) {
+    /// A CID link (tag 42: a byte string of 0x00 then the CID).
+    pub fn link(&mut self, cid: &Cid) {
         self.head(MAJOR_TAG, TAG_CID);
         let encoded = cid.encoded_len();
         self.head(MAJOR_BYTES, encoded as u64 + 1);
@@ -582,7 +605,8 @@ impl Encoder {
         let _ = cid.write_bytes(&mut self.out);
     }
 
-    pub(crate) fn nullable_link(&mut self, cid: Option<&Cid>) {
+    /// A CID link, or `null`.
+    pub fn nullable_link(&mut self, cid: Option<&Cid>) {
         match cid {
             Some(c) => self.link(c),
             None => self.null(),
