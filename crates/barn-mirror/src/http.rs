@@ -21,35 +21,51 @@ pub(crate) async fn get_json(
     timeout: Duration,
 ) -> Result<serde_json::Value> {
     let url = format!("{host}/xrpc/{method}");
-    let err = |message: String, xrpc_error: Option<String>| Error::Fetch {
+    let resp = get_ok(inner, &url, query, Some(timeout)).await?;
+    let err = |message: String| Error::Fetch {
         url: url.clone(),
+        message,
+        xrpc_error: None,
+    };
+    let body = read_limited(resp, limit).await.map_err(err)?;
+    serde_json::from_slice(&body).map_err(|e| err(format!("not JSON: {e}")))
+}
+
+/// `GET {url}?{query}`: the response when its status is a success.
+/// Otherwise an [`Error::Fetch`] with the status, the start of the body
+/// and the XRPC error name the body gives, if any.
+pub(crate) async fn get_ok(
+    inner: &Inner,
+    url: &str,
+    query: &[(&str, &str)],
+    timeout: Option<Duration>,
+) -> Result<reqwest::Response> {
+    let err = |message: String, xrpc_error: Option<String>| Error::Fetch {
+        url: url.to_owned(),
         message,
         xrpc_error,
     };
-    let resp = inner
-        .http
-        .get(&url)
-        .query(query)
-        .timeout(timeout)
-        .send()
-        .await
-        .map_err(|e| err(e.to_string(), None))?;
-    let status = resp.status();
-    let body = read_limited(resp, limit).await.map_err(|e| err(e, None))?;
-    let json = serde_json::from_slice::<serde_json::Value>(&body);
-    if !status.is_success() {
-        let name = json
-            .ok()
-            .and_then(|j| j["error"].as_str().map(str::to_owned));
-        return Err(err(
-            format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(512)])
-            ),
-            name,
-        ));
+    let mut req = inner.http.get(url).query(query);
+    if let Some(t) = timeout {
+        req = req.timeout(t);
     }
-    json.map_err(|e| err(format!("not JSON: {e}"), None))
+    let resp = req.send().await.map_err(|e| err(e.to_string(), None))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    // An error body is small; anything past 64 KiB is not one.
+    let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
+    let name = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|j| j["error"].as_str().map(str::to_owned));
+    Err(err(
+        format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(512)])
+        ),
+        name,
+    ))
 }
 
 /// Reads a response body, refusing one that goes past `limit` bytes

@@ -186,43 +186,20 @@ async fn fetch(
         "{}/xrpc/com.atproto.sync.getRepo",
         pds.trim_end_matches('/')
     );
-    let fetch_err = |message: String, xrpc_error: Option<String>| Error::Fetch {
-        url: url.clone(),
-        message,
-        xrpc_error,
-    };
     let mut query = vec![("did", did)];
     if let Some(since) = since {
         query.push(("since", since));
     }
-    let resp = inner
-        .http
-        .get(&url)
-        .query(&query)
-        .send()
-        .await
-        .map_err(|e| fetch_err(e.to_string(), None))?;
-    let status = resp.status();
+    let resp = crate::http::get_ok(inner, &url, &query, None).await?;
     let limit = inner.config.max_repo_bytes;
     if let Some(len) = resp.content_length()
         && len > limit
     {
-        return Err(fetch_err(
-            format!("repo of {len} bytes is over the limit of {limit}"),
-            None,
-        ));
-    }
-    if !status.is_success() {
-        // An error body is small; anything past 64 KiB is not one.
-        let body = crate::http::read_limited(resp, 64 << 10)
-            .await
-            .unwrap_or_default();
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let name = json["error"].as_str().map(str::to_owned);
-        return Err(fetch_err(
-            format!("{status}: {}", String::from_utf8_lossy(&body)),
-            name,
-        ));
+        return Err(Error::Fetch {
+            url,
+            message: format!("repo of {len} bytes is over the limit of {limit}"),
+            xrpc_error: None,
+        });
     }
     Ok(resp)
 }

@@ -355,19 +355,15 @@ impl Store {
         #[allow(clippy::unnecessary_sort_by)]
         batch.blocks.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         batch.blocks.dedup_by(|a, b| a.0 == b.0);
-        self.codec
-            .observe(batch.blocks.iter().map(|(_, b)| b.as_ref()));
+        let encoded = self.encode_blocks(&batch.blocks);
         let mut wb = self.db.batch().durability(Some(PersistMode::SyncData));
-        let mut max_tag = 0u8;
-        for (cid, data) in &batch.blocks {
-            let value = self.codec.encode(data);
-            max_tag = max_tag.max(value.first().copied().unwrap_or(0));
-            wb.insert(&self.blocks, cid.to_bytes(), value);
+        for (key, value) in encoded.entries {
+            wb.insert(&self.blocks, key, value);
         }
         // A dictionary goes into the same atomic batch as the first values
         // that need it (and into every batch until one of them commits).
         // Asked after encoding: another thread may install one meanwhile.
-        let dicts = self.codec.unpersisted_upto(max_tag);
+        let dicts = self.codec.unpersisted_upto(encoded.max_tag);
         for d in &dicts {
             wb.insert(&self.meta, dict_key(d.id), d.bytes.as_ref());
         }
