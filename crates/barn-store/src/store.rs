@@ -70,16 +70,23 @@ pub struct StoreOptions {
     /// and left to fjall's lz4.
     pub compress_structure: bool,
     /// fjall's background threads (memtable flushes and compactions);
-    /// 0 leaves fjall's default (one per core, up to 4). Default 2, never
-    /// 1 in a store that takes a sustained stream of writes: a lone worker
-    /// also rotates full memtables, so during a long compaction (seconds,
-    /// growing with the store) the active memtable grows past its size
-    /// and memory with it, at the rate of the writes (425 MiB of write
-    /// buffer with 32 MiB memtables in the ingest bench). With two, fjall's
-    /// first worker stays free for rotations and flushes; it spins on the
-    /// queue while the other compacts (it hands compaction requests back
-    /// and takes them again), which costs CPU but not memory
-    /// (`benches/README.md`, "fjall's worker threads").
+    /// 0 leaves fjall's default (one per core, up to 4). Default 3:
+    /// - never 1 in a store that takes a sustained stream of writes: a
+    ///   lone worker also rotates full memtables, so during a long
+    ///   compaction (seconds, growing with the store) the active memtable
+    ///   grows past its size and memory with it, at the rate of the
+    ///   writes (425 MiB of write buffer with 32 MiB memtables in the
+    ///   ingest bench);
+    /// - with two or more, fjall's first worker stays free for rotations
+    ///   and flushes by handing every compaction request back to the
+    ///   queue. After a flush fjall queues one request per worker; with
+    ///   two, the one left over has no other taker while the second
+    ///   worker compacts, so the first spins on it for the whole
+    ///   compaction (a core, 1.2–1.4 s of CPU in a 1M-record import).
+    ///   A third worker takes it, finds the tables already being
+    ///   compacted and returns, and nothing spins.
+    ///
+    /// See `benches/README.md`, "fjall's worker threads".
     pub worker_threads: usize,
     /// Level-0 tables of the `blocks` keyspace before fjall compacts them
     /// into level 1 (fjall's default: 4). Blocks are keyed by hash, so
@@ -110,7 +117,7 @@ impl Default for StoreOptions {
             },
             blocks_lz4: true,
             compress_structure: false,
-            worker_threads: 2,
+            worker_threads: 3,
             blocks_l0_threshold: 16,
         }
     }
