@@ -777,7 +777,16 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
     // The ops go to the store in chunks as they are found, applied to the
     // record index with an undo log: an error below (a missing block, a
     // bad node) drops `revision`, which puts the index back.
-    let mut revision = store.large_revision(did, &head.rev);
+    // A first import (nothing in the record index): every op is a create
+    // of a record of the tree, which `revision_ops` reads back from the
+    // tree, so the ops are not stored again.
+    let mut revision = match store.records_iter(did).next() {
+        None => store.large_revision_of_tree(did, &head.rev)?,
+        Some(first) => {
+            first?;
+            store.large_revision(did, &head.rev)
+        }
+    };
     let records = std::thread::scope(|scope| -> Result<u64> {
         let (tx, rx) = std::sync::mpsc::sync_channel(WALK_QUEUE);
         let walker = spawn_named(scope, "import-walk", || {

@@ -147,6 +147,36 @@ async fn a_large_import_failing_late_puts_the_record_index_back() {
         source: Source::Resync,
         reason: "test".into(),
     };
+    // A first import failing late leaves no record and no revision (what
+    // a longer one had indexed already is removed again: barn-store's
+    // revision tests).
+    let commit1 = barn_repo::commit::Commit::decode(blocks1.get(&root1).unwrap()).unwrap();
+    let late1 = barn_repo::mst::MstWalker::new(&blocks1, &commit1.data)
+        .unwrap()
+        .map(|r| r.unwrap().1)
+        .nth(n - 10)
+        .unwrap();
+    let broken1 = write_car(
+        &[root1],
+        blocks1
+            .iter()
+            .filter(|(c, _)| **c != late1)
+            .map(|(c, b)| (c, &b[..])),
+    );
+    let failed = import_car(
+        store.clone(),
+        request(RepoState::new("https://pds.example")),
+        std::io::Cursor::new(broken1),
+        ImportLimits::default(),
+    )
+    .await;
+    assert!(
+        matches!(failed, Err(Error::Repo { .. })),
+        "a missing record must fail the import: {failed:?}"
+    );
+    assert!(store.records(DID).unwrap().is_empty());
+    assert!(store.history(DID).unwrap().is_empty());
+
     let first = import_car(
         store.clone(),
         request(RepoState::new("https://pds.example")),
@@ -157,6 +187,26 @@ async fn a_large_import_failing_late_puts_the_record_index_back() {
     .unwrap();
     let before = store.records(DID).unwrap();
     assert_eq!(before.len(), n);
+    // A first import's ops are its tree's records, read back from the tree.
+    let first_entry = &store.history(DID).unwrap()[0];
+    assert!(
+        first_entry
+            .chunked
+            .is_some_and(|c| c.of_tree && c.chunks == 0),
+        "{:?}",
+        first_entry.chunked
+    );
+    let first_ops = store.revision_ops(DID, first_entry).unwrap();
+    assert!(
+        first_ops
+            .iter()
+            .all(|o| o.action == barn_store::OpAction::Create && o.prev.is_none())
+    );
+    let created: Vec<_> = first_ops
+        .into_iter()
+        .map(|o| (o.path, o.cid.unwrap()))
+        .collect();
+    assert_eq!(created, before);
     let mut state = RepoState::new("https://pds.example");
     state.advance(first.head.cid, first.head.rev.clone(), first.head.data);
 
@@ -223,7 +273,12 @@ async fn a_large_import_failing_late_puts_the_record_index_back() {
         (counts.creates, counts.updates, counts.deletes),
         (0, changed, removed)
     );
-    assert!(history[1].chunked.is_some());
+    // Not a first import: the ops are stored.
+    assert!(
+        history[1]
+            .chunked
+            .is_some_and(|c| !c.of_tree && c.chunks > 0)
+    );
     assert_eq!(
         store.revision_ops(DID, &history[1]).unwrap().len() as u64,
         changed + removed

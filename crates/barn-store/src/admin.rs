@@ -171,6 +171,10 @@ impl Store {
             }
             let entry: CommitEntry = decode("commit entry", &v)?;
             entry.ops.iter().for_each(&mut note);
+            if entry.chunked.is_some_and(|c| c.of_tree) {
+                // Its ops are its tree's records, not in the `ops` keyspace.
+                self.tree_ops(&entry.data, |op| note(&op))?;
+            }
         }
         for guard in self.ops.iter() {
             let (k, v) = guard.into_inner()?;

@@ -26,6 +26,10 @@ pub enum Error {
     /// The requested repo or revision is not stored.
     #[error("not found: {0}")]
     NotFound(String),
+    /// barn asked the store for something its contract forbids (a bug in
+    /// the caller, refused before anything is written).
+    #[error("invalid use of the store: {0}")]
+    Invalid(String),
 }
 
 // Boxed: these sit on every hot path's `Result`; keep it small.
@@ -49,6 +53,7 @@ impl Error {
             Error::Corrupt { .. } => "corrupt",
             Error::Repo(e) => e.reason(),
             Error::NotFound(_) => "not_found",
+            Error::Invalid(_) => "invalid",
         }
     }
 }

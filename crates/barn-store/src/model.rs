@@ -119,6 +119,13 @@ pub struct ChunkedOps {
     pub chunks: u32,
     /// The ops, counted by kind.
     pub counts: OpCounts,
+    /// The ops are not stored (`chunks` is 0): they are every record of
+    /// the revision's tree ([`CommitEntry::data`]), in key order, each a
+    /// create: a first import, whose record index was empty before it.
+    /// The tree's nodes, stored anyway, hold the same (path, CID) pairs
+    /// that a list would repeat.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub of_tree: bool,
 }
 
 /// Ops of a revision, counted by kind.

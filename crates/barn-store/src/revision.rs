@@ -6,8 +6,15 @@
 //! # Terminology
 //! - **chunk**: up to [`CHUNK_OPS`] ops of one revision, one value of the
 //!   `ops` keyspace, keyed DID ‖ 0 ‖ rev ‖ 0 ‖ chunk number (u32 BE).
-//! - **pending mark**: `meta` key `pending` ‖ DID, value the rev: a large
-//!   revision of that repo is changing its record index.
+//! - **pending mark**: `meta` key `pending` ‖ DID, value the rev (‖ 0 ‖
+//!   `tree` for a revision of its tree): a large revision of that repo is
+//!   changing its record index.
+//! - **revision of its tree** ([`Store::large_revision_of_tree`]): a first
+//!   import, into an empty record index, so every op is a create of a
+//!   record of the revision's tree, in key order. The ops are applied to
+//!   the index but not stored: [`Store::revision_ops`] reads them back
+//!   from the tree. That saves writing ~100 bytes an op that the tree's
+//!   nodes already hold.
 //!
 //! # Tricky bits
 //! - A chunk is written in the same atomic batch as the record-index
@@ -25,9 +32,14 @@
 //! - Only one large revision of a repo may be open at a time, and nothing
 //!   else may write that repo's records meanwhile (the mirror imports a
 //!   repo only while it holds back the repo's live commits).
+//! - A revision of its tree has no chunks to undo with. It began on an
+//!   empty index that nothing else wrote meanwhile, so undoing it removes
+//!   every record of the repo. Its ops must be exactly the tree's records:
+//!   creates, strictly ascending (checked as they come), with the entry's
+//!   `data` the root of the tree they were walked from (the caller's word).
 
 use crate::error::{Error, Result};
-use crate::model::{ChunkedOps, CommitEntry, Op, OpCounts};
+use crate::model::{ChunkedOps, CommitEntry, Op, OpAction, OpCounts};
 use crate::store::{Batch, Store, decode, key2};
 
 /// A chunk of ops as DAG-CBOR, written directly: the same bytes as
@@ -67,6 +79,9 @@ const GROUP_CHUNKS: usize = if cfg!(test) { 3 } else { 32 };
 
 const META_PENDING: &[u8] = b"pending";
 
+/// Ends the pending mark's value of a revision of its tree.
+const PENDING_TREE: &[u8] = b"\0tree";
+
 pub(crate) fn pending_key(did: &str) -> Vec<u8> {
     let mut k = META_PENDING.to_vec();
     k.extend_from_slice(did.as_bytes());
@@ -101,6 +116,11 @@ pub struct LargeRevision<'s> {
     counts: OpCounts,
     /// The pending mark is on disk (so there may be something to undo).
     marked: bool,
+    /// A revision of its tree (see the module docs): no chunks written.
+    of_tree: bool,
+    /// The last path pushed, in a revision of its tree (paths must
+    /// ascend).
+    last_path: Option<String>,
     done: bool,
     /// Blobs the revision's records reference, written with its entry.
     blob_refs: Vec<(cid::Cid, crate::BlobHint)>,
@@ -120,9 +140,28 @@ impl Store {
             chunks: 0,
             counts: OpCounts::default(),
             marked: false,
+            of_tree: false,
+            last_path: None,
             done: false,
             blob_refs: Vec::new(),
         }
+    }
+
+    /// Starts a revision `rev` of `did` whose ops are every record of its
+    /// tree, pushed in key order as creates, for a repo whose record index
+    /// is empty (a first import): they are applied to the index but not
+    /// stored (see the `revision` module). Refused when the index holds a
+    /// record of `did`.
+    pub fn large_revision_of_tree(&self, did: &str, rev: &str) -> Result<LargeRevision<'_>> {
+        if let Some(first) = self.records_iter(did).next() {
+            let (path, _) = first?;
+            return Err(Error::Invalid(format!(
+                "a revision of its tree for {did}, whose record index is not empty ({path})"
+            )));
+        }
+        let mut revision = self.large_revision(did, rev);
+        revision.of_tree = true;
+        Ok(revision)
     }
 
     /// The ops of a stored revision, wherever they are kept.
@@ -131,6 +170,21 @@ impl Store {
             return Ok(entry.ops.clone());
         };
         let mut out = Vec::with_capacity(chunked.counts.total() as usize);
+        if chunked.of_tree {
+            self.tree_ops(&entry.data, |op| out.push(op))?;
+            if out.len() as u64 != chunked.counts.total() {
+                return Err(Error::Corrupt {
+                    what: "commit entry",
+                    detail: format!(
+                        "{did} {}: its tree has {} records, its entry counts {}",
+                        entry.rev,
+                        out.len(),
+                        chunked.counts.total()
+                    ),
+                });
+            }
+            return Ok(out);
+        }
         for n in 0..chunked.chunks {
             let v = self
                 .ops
@@ -144,21 +198,79 @@ impl Store {
         Ok(out)
     }
 
+    /// Calls `f` with every record of the tree at `root` as a create, in
+    /// key order: the ops of a revision of its tree.
+    pub(crate) fn tree_ops(&self, root: &cid::Cid, mut f: impl FnMut(Op)) -> Result<()> {
+        // Checked in full when it was imported.
+        for item in barn_repo::mst::MstWalker::new_trusted(self.block_source(), root)? {
+            let (key, cid) = item?;
+            let path = String::from_utf8(key).map_err(|e| Error::Corrupt {
+                what: "mst node",
+                detail: format!("a key that is not UTF-8: {e}"),
+            })?;
+            f(Op {
+                action: OpAction::Create,
+                path,
+                cid: Some(cid),
+                prev: None,
+            });
+        }
+        Ok(())
+    }
+
     /// Undoes every large revision a crash left half-applied.
     pub(crate) fn recover_pending(&self) -> Result<()> {
         let mut pending = Vec::new();
         for guard in self.meta.prefix(META_PENDING) {
             let (k, v) = guard.into_inner()?;
             let did = String::from_utf8_lossy(&k[META_PENDING.len()..]).into_owned();
-            let rev = String::from_utf8_lossy(&v).into_owned();
-            pending.push((did, rev));
+            let (rev, of_tree) = match v.strip_suffix(PENDING_TREE) {
+                Some(rev) => (rev, true),
+                None => (&v[..], false),
+            };
+            let rev = String::from_utf8_lossy(rev).into_owned();
+            pending.push((did, rev, of_tree));
         }
-        for (did, rev) in pending {
+        for (did, rev, of_tree) in pending {
             tracing::warn!(%did, %rev, "undoing the record-index changes of an import cut short");
-            undo(self, &did, &rev)?;
+            if of_tree {
+                undo_tree(self, &did, &rev)?;
+            } else {
+                undo(self, &did, &rev)?;
+            }
         }
         Ok(())
     }
+}
+
+/// Undoes a revision of its tree: removes every record of `did` (the index
+/// held none when it began), then the pending mark (durably).
+fn undo_tree(store: &Store, did: &str, rev: &str) -> Result<()> {
+    if store.commits.contains_key(key2(did, rev))? {
+        // Stored, so complete (see `undo`): nothing to take back.
+        let mut batch = Batch::new();
+        batch.meta_remove.push(pending_key(did));
+        return store.write(batch);
+    }
+    let (lo, hi) = crate::store::did_range(did);
+    let mut keys = Vec::new();
+    loop {
+        keys.clear();
+        for guard in store.records.range(lo.clone()..hi.clone()).take(65_536) {
+            keys.push(guard.key()?);
+        }
+        if keys.is_empty() {
+            break;
+        }
+        let mut wb = store.db.batch().durability(None);
+        for key in &keys {
+            wb.remove(&store.records, key.clone());
+        }
+        wb.commit()?;
+    }
+    let mut batch = Batch::new();
+    batch.meta_remove.push(pending_key(did));
+    store.write(batch)
 }
 
 /// Puts back what the stored chunks of `did`/`rev` changed in the record
@@ -198,6 +310,16 @@ impl LargeRevision<'_> {
     /// Adds an op; every [`CHUNK_OPS`] ops, the chunk is written with its
     /// record-index changes (not waiting for the disk).
     pub fn push(&mut self, op: Op) -> Result<()> {
+        if self.of_tree {
+            let ascending = self.last_path.as_ref().is_none_or(|p| *p < op.path);
+            if op.action != OpAction::Create || op.prev.is_some() || !ascending {
+                return Err(Error::Invalid(format!(
+                    "{} {}: a revision of its tree takes creates in key order, not {:?} {}",
+                    self.did, self.rev, op.action, op.path
+                )));
+            }
+            self.last_path = Some(op.path.clone());
+        }
         self.counts.add(op.action);
         self.chunk.push(op);
         if self.chunk.len() >= CHUNK_OPS {
@@ -226,7 +348,11 @@ impl LargeRevision<'_> {
                 .db
                 .batch()
                 .durability(Some(fjall::PersistMode::SyncData));
-            wb.insert(&store.meta, pending_key(&self.did), self.rev.as_bytes());
+            let mut mark = self.rev.as_bytes().to_vec();
+            if self.of_tree {
+                mark.extend_from_slice(PENDING_TREE);
+            }
+            wb.insert(&store.meta, pending_key(&self.did), mark);
             wb.commit()?;
             self.marked = true;
         }
@@ -242,14 +368,17 @@ impl LargeRevision<'_> {
             // The chunks first, durable, then the index changes they
             // undo: a crash between the two leaves chunks whose undo is a
             // no-op, never changes without their chunk.
-            let mut ingestion = store.ops.start_ingestion()?;
-            for (i, chunk) in group.iter().enumerate() {
-                ingestion.write(
-                    chunk_key(&self.did, &self.rev, self.chunks + i as u32),
-                    encode_ops(chunk),
-                )?;
+            if !self.of_tree {
+                let mut ingestion = store.ops.start_ingestion()?;
+                for (i, chunk) in group.iter().enumerate() {
+                    ingestion.write(
+                        chunk_key(&self.did, &self.rev, self.chunks + i as u32),
+                        encode_ops(chunk),
+                    )?;
+                }
+                ingestion.finish()?;
+                self.chunks += group.len() as u32;
             }
-            ingestion.finish()?;
             let mut ingestion = store.records.start_ingestion()?;
             for op in group.iter().flatten() {
                 let key = key2(&self.did, &op.path);
@@ -259,7 +388,6 @@ impl LargeRevision<'_> {
                 }
             }
             ingestion.finish()?;
-            self.chunks += group.len() as u32;
             return Ok(());
         }
         for chunk in &group {
@@ -271,13 +399,15 @@ impl LargeRevision<'_> {
                     None => wb.remove(&store.records, key),
                 }
             }
-            wb.insert(
-                &store.ops,
-                chunk_key(&self.did, &self.rev, self.chunks),
-                encode_ops(chunk),
-            );
+            if !self.of_tree {
+                wb.insert(
+                    &store.ops,
+                    chunk_key(&self.did, &self.rev, self.chunks),
+                    encode_ops(chunk),
+                );
+                self.chunks += 1;
+            }
             wb.commit()?;
-            self.chunks += 1;
         }
         Ok(())
     }
@@ -314,7 +444,7 @@ impl LargeRevision<'_> {
         for (cid, hint) in self.blob_refs.drain(..) {
             batch.add_blob_ref(&self.did, cid, hint);
         }
-        if self.chunks == 0 && self.group.is_empty() {
+        if !self.marked && self.group.is_empty() {
             // Nothing written yet: an ordinary revision.
             for op in &self.chunk {
                 batch.set_record(&self.did, &op.path, op.cid);
@@ -330,6 +460,7 @@ impl LargeRevision<'_> {
             entry.chunked = Some(ChunkedOps {
                 chunks: self.chunks,
                 counts: self.counts,
+                of_tree: self.of_tree,
             });
             batch.meta_remove.push(pending_key(&self.did));
         }
@@ -348,7 +479,11 @@ impl LargeRevision<'_> {
         self.chunk.clear();
         self.group.clear();
         if self.marked {
-            undo(self.store, &self.did, &self.rev)?;
+            if self.of_tree {
+                undo_tree(self.store, &self.did, &self.rev)?;
+            } else {
+                undo(self.store, &self.did, &self.rev)?;
+            }
         }
         Ok(())
     }
@@ -625,5 +760,157 @@ mod tests {
         }
         rev.commit(entry("3rev")).unwrap();
         assert_eq!(store.records(DID).unwrap(), applied(&before, &ops));
+    }
+
+    /// Stores the nodes of a tree of `n` records and returns its root and
+    /// its records as creates, in key order.
+    fn stored_tree(store: &Store, n: u64) -> (Cid, Vec<Op>) {
+        let entries: Vec<(Vec<u8>, Cid)> = (0..n)
+            .map(|i| (format!("app.x/p{i:08}").into_bytes(), cid(i)))
+            .collect();
+        let mut mst =
+            barn_repo::mst::Mst::from_sorted(barn_repo::blocks::BlockMap::new(), entries.clone())
+                .unwrap();
+        let root = mst.root_cid();
+        let mut batch = Batch::new();
+        for (c, b) in mst.take_new_blocks().iter() {
+            batch.put_block(*c, b.clone());
+        }
+        store.write(batch).unwrap();
+        let ops = entries
+            .into_iter()
+            .map(|(k, c)| Op {
+                action: OpAction::Create,
+                path: String::from_utf8(k).unwrap(),
+                cid: Some(c),
+                prev: None,
+            })
+            .collect();
+        (root, ops)
+    }
+
+    fn tree_entry(rev: &str, root: Cid) -> CommitEntry {
+        CommitEntry {
+            data: root,
+            ..entry(rev)
+        }
+    }
+
+    #[test]
+    fn a_revision_of_its_tree_stores_no_ops_and_reads_them_from_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let n = (GROUP_CHUNKS * CHUNK_OPS * 2 + 77) as u64;
+        let (root, ops) = stored_tree(&store, n);
+        let mut rev = store.large_revision_of_tree(DID, "3rev").unwrap();
+        for op in &ops {
+            rev.push(op.clone()).unwrap();
+        }
+        rev.commit(tree_entry("3rev", root)).unwrap();
+
+        let stored = store.revision(DID, "3rev").unwrap().unwrap();
+        let chunked = stored.chunked.unwrap();
+        assert!(chunked.of_tree);
+        assert_eq!(chunked.chunks, 0);
+        assert_eq!(chunked.counts.creates, n);
+        assert_eq!(store.ops.prefix(chunk_prefix(DID, "3rev")).count(), 0);
+        assert_eq!(store.revision_ops(DID, &stored).unwrap(), ops);
+        let records: Vec<(String, Cid)> = ops
+            .iter()
+            .map(|o| (o.path.clone(), o.cid.unwrap()))
+            .collect();
+        assert_eq!(store.records(DID).unwrap(), records);
+
+        // An entry whose counts disagree with its tree is reported, not
+        // trusted.
+        let mut wrong = stored.clone();
+        wrong.chunked = Some(ChunkedOps {
+            counts: OpCounts {
+                creates: n - 1,
+                ..chunked.counts
+            },
+            ..chunked
+        });
+        assert!(matches!(
+            store.revision_ops(DID, &wrong),
+            Err(Error::Corrupt { .. })
+        ));
+
+        drop(store);
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_eq!(store.records(DID).unwrap(), records);
+        let stored = store.revision(DID, "3rev").unwrap().unwrap();
+        assert_eq!(store.revision_ops(DID, &stored).unwrap(), ops);
+    }
+
+    #[test]
+    fn a_revision_of_its_tree_takes_only_creates_in_order_on_an_empty_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let (_, ops) = stored_tree(&store, 10);
+
+        let mut rev = store.large_revision_of_tree(DID, "3rev").unwrap();
+        rev.push(ops[1].clone()).unwrap();
+        assert!(matches!(rev.push(ops[0].clone()), Err(Error::Invalid(_))));
+        assert!(matches!(rev.push(ops[1].clone()), Err(Error::Invalid(_))));
+        let update = Op {
+            action: OpAction::Update,
+            prev: Some(cid(7)),
+            ..ops[2].clone()
+        };
+        assert!(matches!(rev.push(update), Err(Error::Invalid(_))));
+        rev.abort().unwrap();
+
+        seed(&store, 1);
+        assert!(matches!(
+            store.large_revision_of_tree(DID, "3rev"),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_revision_of_its_tree_cut_short_or_dropped_leaves_no_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let n = (GROUP_CHUNKS * CHUNK_OPS * 2 + 77) as u64;
+        let (root, ops) = stored_tree(&store, n);
+        // Another repo's records are not touched by the undo.
+        let mut batch = Batch::new();
+        batch.set_record("did:plc:other", "app.x/p", Some(cid(1)));
+        store.write(batch).unwrap();
+
+        let mut rev = store.large_revision_of_tree(DID, "3rev").unwrap();
+        for op in &ops[..ops.len() / 2] {
+            rev.push(op.clone()).unwrap();
+        }
+        assert!(
+            !store.records(DID).unwrap().is_empty(),
+            "groups were applied"
+        );
+        drop(rev);
+        assert!(store.records(DID).unwrap().is_empty());
+        assert!(store.meta.get(pending_key(DID)).unwrap().is_none());
+
+        let mut rev = store.large_revision_of_tree(DID, "3rev").unwrap();
+        for op in &ops[..ops.len() - 100] {
+            rev.push(op.clone()).unwrap();
+        }
+        store.sync().unwrap();
+        std::mem::forget(rev);
+        assert!(!store.records(DID).unwrap().is_empty());
+        drop(store);
+
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert!(store.records(DID).unwrap().is_empty());
+        assert!(store.meta.get(pending_key(DID)).unwrap().is_none());
+        assert_eq!(store.records("did:plc:other").unwrap().len(), 1);
+
+        // The import runs again and completes.
+        let mut rev = store.large_revision_of_tree(DID, "3rev").unwrap();
+        for op in &ops {
+            rev.push(op.clone()).unwrap();
+        }
+        rev.commit(tree_entry("3rev", root)).unwrap();
+        assert_eq!(store.records(DID).unwrap().len(), ops.len());
     }
 }

@@ -140,3 +140,73 @@ fn deleting_an_account_keeps_what_others_share() {
     let car = read_car(after.into(), &CarLimits::default()).unwrap();
     verify_repo(&car.blocks, car.root().unwrap(), Some("did:plc:kept"), None).unwrap();
 }
+
+/// The account kept was imported whole (a revision of its tree: its ops
+/// are read from its tree, not stored). A record block it shares with the
+/// deleted account is found there and kept.
+#[test]
+fn a_record_shared_with_a_first_import_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let shared = post("the same bytes in both accounts");
+    let shared_cid = barn_repo::cid_for_cbor(&shared);
+    store_repo(
+        &store,
+        "did:plc:gone",
+        vec![("app.bsky.feed.post/a".into(), shared.clone())],
+        barn_repo::cid_for_raw(b"blob"),
+    );
+
+    let did = "did:plc:kept";
+    let rev = "3lbaaaaaaaa22";
+    let mut records: Vec<(String, Vec<u8>)> = (0..barn_store::CHUNK_OPS + 10)
+        .map(|i| (format!("app.bsky.feed.post/k{i:06}"), post(&format!("{i}"))))
+        .collect();
+    records.push(("app.bsky.feed.post/z".into(), shared.clone()));
+    let key = PrivateKey::from_seed(KeyType::K256, 6);
+    let (commit, blocks) = build_repo(did, rev, &key, records).unwrap();
+    let verified = verify_repo(&blocks, &commit, Some(did), None).unwrap();
+    let mut batch = Batch::new();
+    for (cid, data) in blocks.iter() {
+        batch.put_block(*cid, data.clone());
+    }
+    let mut state = RepoState::new("http://localhost:1");
+    state.advance(commit, rev.into(), verified.commit.data);
+    batch.set_repo(did, state);
+    store.write(batch).unwrap();
+    let mut revision = store.large_revision_of_tree(did, rev).unwrap();
+    for (path, cid) in &verified.records {
+        revision
+            .push(Op {
+                action: OpAction::Create,
+                path: path.clone(),
+                cid: Some(*cid),
+                prev: None,
+            })
+            .unwrap();
+    }
+    revision
+        .commit(CommitEntry {
+            rev: rev.into(),
+            cid: commit,
+            data: verified.commit.data,
+            since: None,
+            seen_at_ms: 1,
+            source: Source::Resync,
+            seq: None,
+            host: "http://localhost:1".into(),
+            ops: Vec::new(),
+            reason: None,
+            chunked: None,
+        })
+        .unwrap();
+    let entry = store.revision(did, rev).unwrap().unwrap();
+    assert!(entry.chunked.is_some_and(|c| c.of_tree), "{entry:?}");
+    let before = store.export_car(did, None).unwrap();
+
+    store.delete_account("did:plc:gone").unwrap();
+
+    assert!(store.has_block(&shared_cid).unwrap());
+    let after = store.export_car(did, None).unwrap();
+    assert_eq!(before, after);
+}
