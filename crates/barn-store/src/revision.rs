@@ -79,6 +79,10 @@ const GROUP_CHUNKS: usize = if cfg!(test) { 3 } else { 32 };
 
 const META_PENDING: &[u8] = b"pending";
 
+/// Records removed per batch when a revision of its tree is undone (unit
+/// tests use small batches, so that they cover several).
+const UNDO_KEYS: usize = if cfg!(test) { 1000 } else { 65_536 };
+
 /// Ends the pending mark's value of a revision of its tree.
 const PENDING_TREE: &[u8] = b"\0tree";
 
@@ -119,8 +123,8 @@ pub struct LargeRevision<'s> {
     /// A revision of its tree (see the module docs): no chunks written.
     of_tree: bool,
     /// The last path pushed, in a revision of its tree (paths must
-    /// ascend).
-    last_path: Option<String>,
+    /// ascend); reused, not reallocated, for every op.
+    last_path: String,
     done: bool,
     /// Blobs the revision's records reference, written with its entry.
     blob_refs: Vec<(cid::Cid, crate::BlobHint)>,
@@ -141,7 +145,7 @@ impl Store {
             counts: OpCounts::default(),
             marked: false,
             of_tree: false,
-            last_path: None,
+            last_path: String::new(),
             done: false,
             blob_refs: Vec::new(),
         }
@@ -252,16 +256,20 @@ fn undo_tree(store: &Store, did: &str, rev: &str) -> Result<()> {
         batch.meta_remove.push(pending_key(did));
         return store.write(batch);
     }
-    let (lo, hi) = crate::store::did_range(did);
+    let (mut lo, hi) = crate::store::did_range(did);
     let mut keys = Vec::new();
     loop {
         keys.clear();
-        for guard in store.records.range(lo.clone()..hi.clone()).take(65_536) {
+        for guard in store.records.range(lo.clone()..hi.clone()).take(UNDO_KEYS) {
             keys.push(guard.key()?);
         }
-        if keys.is_empty() {
+        let Some(last) = keys.last() else {
             break;
-        }
+        };
+        // Go on after the last key removed rather than from the start,
+        // which would step over every tombstone written so far again.
+        lo = last.to_vec();
+        lo.push(0);
         let mut wb = store.db.batch().durability(None);
         for key in &keys {
             wb.remove(&store.records, key.clone());
@@ -311,14 +319,15 @@ impl LargeRevision<'_> {
     /// record-index changes (not waiting for the disk).
     pub fn push(&mut self, op: Op) -> Result<()> {
         if self.of_tree {
-            let ascending = self.last_path.as_ref().is_none_or(|p| *p < op.path);
+            let ascending = self.counts.total() == 0 || self.last_path < op.path;
             if op.action != OpAction::Create || op.prev.is_some() || !ascending {
                 return Err(Error::Invalid(format!(
                     "{} {}: a revision of its tree takes creates in key order, not {:?} {}",
                     self.did, self.rev, op.action, op.path
                 )));
             }
-            self.last_path = Some(op.path.clone());
+            self.last_path.clear();
+            self.last_path.push_str(&op.path);
         }
         self.counts.add(op.action);
         self.chunk.push(op);
