@@ -201,14 +201,7 @@ fn write_snapshot(store: &Store, s: &Snapshot) {
     store.write(batch).unwrap();
     let mut revision = store.large_revision_of_tree(DID, &s.rev).unwrap();
     for (path, cid) in &s.records {
-        revision
-            .push(Op {
-                action: OpAction::Create,
-                path: path.clone(),
-                cid: Some(*cid),
-                prev: None,
-            })
-            .unwrap();
+        revision.push(Op::create(path.clone(), *cid)).unwrap();
     }
     revision
         .commit(CommitEntry {

@@ -675,12 +675,7 @@ fn merge_ops(
                     }
                     cur = current.next().transpose()?;
                 }
-                None => ops.push(Op {
-                    action: OpAction::Create,
-                    path,
-                    cid: Some(cid),
-                    prev: None,
-                }),
+                None => ops.push(Op::create(path, cid)),
             }
         }
         if !send(&mut ops) {

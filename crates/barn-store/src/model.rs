@@ -55,6 +55,18 @@ pub struct Op {
     pub prev: Option<Cid>,
 }
 
+impl Op {
+    /// The op creating `path` with record `cid`.
+    pub fn create(path: String, cid: Cid) -> Op {
+        Op {
+            action: OpAction::Create,
+            path,
+            cid: Some(cid),
+            prev: None,
+        }
+    }
+}
+
 impl From<&Op> for barn_repo::mst::RecordOp {
     fn from(op: &Op) -> Self {
         barn_repo::mst::RecordOp {

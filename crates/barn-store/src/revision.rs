@@ -212,12 +212,7 @@ impl Store {
                 what: "mst node",
                 detail: format!("a key that is not UTF-8: {e}"),
             })?;
-            f(Op {
-                action: OpAction::Create,
-                path,
-                cid: Some(cid),
-                prev: None,
-            });
+            f(Op::create(path, cid));
         }
         Ok(())
     }
@@ -788,12 +783,7 @@ mod tests {
         store.write(batch).unwrap();
         let ops = entries
             .into_iter()
-            .map(|(k, c)| Op {
-                action: OpAction::Create,
-                path: String::from_utf8(k).unwrap(),
-                cid: Some(c),
-                prev: None,
-            })
+            .map(|(k, c)| Op::create(String::from_utf8(k).unwrap(), c))
             .collect();
         (root, ops)
     }

@@ -7,7 +7,7 @@ use barn_repo::car::{CarLimits, read_car};
 use barn_repo::commit::{build_repo, verify_repo};
 use barn_repo::crypto::{KeyType, PrivateKey};
 use barn_store::{
-    Batch, BlobHint, CommitEntry, Op, OpAction, RepoState, Source, Store, StoreOptions, SyncState,
+    Batch, BlobHint, CommitEntry, Op, RepoState, Source, Store, StoreOptions, SyncState,
 };
 
 fn post(text: &str) -> Vec<u8> {
@@ -18,6 +18,28 @@ fn post(text: &str) -> Vec<u8> {
         .unwrap(),
     )
     .unwrap()
+}
+
+/// A first import's revision entry.
+fn resync_entry(
+    rev: &str,
+    commit: barn_repo::Cid,
+    data: barn_repo::Cid,
+    ops: Vec<Op>,
+) -> CommitEntry {
+    CommitEntry {
+        rev: rev.into(),
+        cid: commit,
+        data,
+        since: None,
+        seen_at_ms: 1,
+        source: Source::Resync,
+        seq: None,
+        host: "http://localhost:1".into(),
+        ops,
+        reason: None,
+        chunked: None,
+    }
 }
 
 /// Stores `records` as `did`'s only revision, with `blob` referenced.
@@ -37,30 +59,14 @@ fn store_repo(
     for (path, cid) in &verified.records {
         batch.set_record(did, path, Some(*cid));
     }
+    let ops = verified
+        .records
+        .iter()
+        .map(|(p, c)| Op::create(p.clone(), *c))
+        .collect();
     batch.put_revision(
         did,
-        CommitEntry {
-            rev: "3lbaaaaaaaa22".into(),
-            cid: commit,
-            data: verified.commit.data,
-            since: None,
-            seen_at_ms: 1,
-            source: Source::Resync,
-            seq: None,
-            host: "http://localhost:1".into(),
-            ops: verified
-                .records
-                .iter()
-                .map(|(p, c)| Op {
-                    action: OpAction::Create,
-                    path: p.clone(),
-                    cid: Some(*c),
-                    prev: None,
-                })
-                .collect(),
-            reason: None,
-            chunked: None,
-        },
+        resync_entry("3lbaaaaaaaa22", commit, verified.commit.data, ops),
     );
     batch.add_blob_ref(did, blob, BlobHint::default());
     let mut state = RepoState::new("http://localhost:1");
@@ -176,29 +182,10 @@ fn a_record_shared_with_a_first_import_is_kept() {
     store.write(batch).unwrap();
     let mut revision = store.large_revision_of_tree(did, rev).unwrap();
     for (path, cid) in &verified.records {
-        revision
-            .push(Op {
-                action: OpAction::Create,
-                path: path.clone(),
-                cid: Some(*cid),
-                prev: None,
-            })
-            .unwrap();
+        revision.push(Op::create(path.clone(), *cid)).unwrap();
     }
     revision
-        .commit(CommitEntry {
-            rev: rev.into(),
-            cid: commit,
-            data: verified.commit.data,
-            since: None,
-            seen_at_ms: 1,
-            source: Source::Resync,
-            seq: None,
-            host: "http://localhost:1".into(),
-            ops: Vec::new(),
-            reason: None,
-            chunked: None,
-        })
+        .commit(resync_entry(rev, commit, verified.commit.data, Vec::new()))
         .unwrap();
     let entry = store.revision(did, rev).unwrap().unwrap();
     assert!(entry.chunked.is_some_and(|c| c.of_tree), "{entry:?}");
