@@ -787,12 +787,10 @@ fn finish(store: &Store, req: &ImportRequest, root: Cid, spilled: Spilled) -> Re
     // A first import (nothing in the record index): every op is a create
     // of a record of the tree, which `revision_ops` reads back from the
     // tree, so the ops are not stored again.
-    let mut revision = match store.records_iter(did).next() {
-        None => store.large_revision_of_tree(did, &head.rev)?,
-        Some(first) => {
-            first?;
-            store.large_revision(did, &head.rev)
-        }
+    let mut revision = if store.records_iter(did).next().transpose()?.is_none() {
+        store.large_revision_of_tree(did, &head.rev)?
+    } else {
+        store.large_revision(did, &head.rev)
     };
     let records = std::thread::scope(|scope| -> Result<u64> {
         let (tx, rx) = std::sync::mpsc::sync_channel(WALK_QUEUE);

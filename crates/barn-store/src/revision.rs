@@ -60,9 +60,9 @@ fn encode_ops(ops: &[Op]) -> Vec<u8> {
         e.nullable_link(op.prev.as_ref());
         e.text("action");
         e.text(match op.action {
-            crate::model::OpAction::Create => "create",
-            crate::model::OpAction::Update => "update",
-            crate::model::OpAction::Delete => "delete",
+            OpAction::Create => "create",
+            OpAction::Update => "update",
+            OpAction::Delete => "delete",
         });
     }
     e.into_bytes()
@@ -232,25 +232,32 @@ impl Store {
         }
         for (did, rev, of_tree) in pending {
             tracing::warn!(%did, %rev, "undoing the record-index changes of an import cut short");
-            if of_tree {
-                undo_tree(self, &did, &rev)?;
-            } else {
-                undo(self, &did, &rev)?;
-            }
+            undo(self, &did, &rev, of_tree)?;
         }
         Ok(())
     }
 }
 
-/// Undoes a revision of its tree: removes every record of `did` (the index
-/// held none when it began), then the pending mark (durably).
-fn undo_tree(store: &Store, did: &str, rev: &str) -> Result<()> {
-    if store.commits.contains_key(key2(did, rev))? {
-        // Stored, so complete (see `undo`): nothing to take back.
-        let mut batch = Batch::new();
-        batch.meta_remove.push(pending_key(did));
-        return store.write(batch);
+/// Takes back what a large revision of `did`/`rev` changed in the record
+/// index, then removes the pending mark (durably). A revision already
+/// stored was complete (cannot happen while the mark and the entry are
+/// written together; kept for safety): nothing is taken back.
+fn undo(store: &Store, did: &str, rev: &str, of_tree: bool) -> Result<()> {
+    if !store.commits.contains_key(key2(did, rev))? {
+        if of_tree {
+            remove_records(store, did)?;
+        } else {
+            undo_chunks(store, did, rev)?;
+        }
     }
+    let mut batch = Batch::new();
+    batch.meta_remove.push(pending_key(did));
+    store.write(batch)
+}
+
+/// Removes every record of `did`: the undo of a revision of its tree (the
+/// index held none when it began).
+fn remove_records(store: &Store, did: &str) -> Result<()> {
     let (mut lo, hi) = crate::store::did_range(did);
     let mut keys = Vec::new();
     loop {
@@ -259,7 +266,7 @@ fn undo_tree(store: &Store, did: &str, rev: &str) -> Result<()> {
             keys.push(guard.key()?);
         }
         let Some(last) = keys.last() else {
-            break;
+            return Ok(());
         };
         // Go on after the last key removed rather than from the start,
         // which would step over every tombstone written so far again.
@@ -271,22 +278,14 @@ fn undo_tree(store: &Store, did: &str, rev: &str) -> Result<()> {
         }
         wb.commit()?;
     }
-    let mut batch = Batch::new();
-    batch.meta_remove.push(pending_key(did));
-    store.write(batch)
 }
 
 /// Puts back what the stored chunks of `did`/`rev` changed in the record
-/// index, removes them, then the pending mark (durably).
-fn undo(store: &Store, did: &str, rev: &str) -> Result<()> {
+/// index, and removes them.
+fn undo_chunks(store: &Store, did: &str, rev: &str) -> Result<()> {
     let mut keys = Vec::new();
     for guard in store.ops.prefix(chunk_prefix(did, rev)) {
         keys.push(guard.key()?.to_vec());
-    }
-    if store.commits.contains_key(key2(did, rev))? {
-        // The revision is stored: it was complete (cannot happen while the
-        // mark and the entry are written together; kept for safety).
-        keys.clear();
     }
     for key in keys {
         let Some(v) = store.ops.get(&key)? else {
@@ -304,9 +303,7 @@ fn undo(store: &Store, did: &str, rev: &str) -> Result<()> {
         wb.remove(&store.ops, key);
         wb.commit()?;
     }
-    let mut batch = Batch::new();
-    batch.meta_remove.push(pending_key(did));
-    store.write(batch)
+    Ok(())
 }
 
 impl LargeRevision<'_> {
@@ -483,11 +480,7 @@ impl LargeRevision<'_> {
         self.chunk.clear();
         self.group.clear();
         if self.marked {
-            if self.of_tree {
-                undo_tree(self.store, &self.did, &self.rev)?;
-            } else {
-                undo(self.store, &self.did, &self.rev)?;
-            }
+            undo(self.store, &self.did, &self.rev, self.of_tree)?;
         }
         Ok(())
     }
