@@ -26,6 +26,10 @@
 //! CPU: `encode_block_value` / `decode_block_value` per block over the
 //! snapshot's blocks, `Store::block` for every block, `export_car` of the
 //! head, and the write rate of both phases (fsync included).
+//!
+//! Two what-ifs, not schemes the store has, run last (or alone with their
+//! name as the filter): `packs` (records compressed n at a time) and
+//! `params` (other zstd parameters for one record at a time).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -797,6 +801,174 @@ fn main() {
 
     if filter.is_empty() || filter.iter().any(|f| f == "packs") {
         packs(&s, &dicts[1], car_len);
+    }
+    if filter.is_empty() || filter.iter().any(|f| f == "params") {
+        params(&s, &dicts[1], car_len);
+    }
+}
+
+/// What-if: one record at a time with the 64 KiB dictionary, as the store
+/// does, under other zstd parameters: the level, the sizes of the
+/// dictionary's tables (zstd sizes them for a source of unknown size), and
+/// whether the context attaches them (zstd's choice for small inputs:
+/// every position is looked up in the context's tables and the
+/// dictionary's) or copies them into its own. The baseline is the store's
+/// setting, measured in the same run.
+fn params(s: &Snapshot, dict: &[u8], car_len: u64) {
+    use zstd::zstd_safe::{
+        CCtx, CDict, CParameter, DictAttachPref, FrameFormat, ParamSwitch, ResetDirective,
+    };
+    let records: Vec<Bytes> = s
+        .records
+        .iter()
+        .map(|(_, cid)| s.blocks.get(cid).unwrap().clone())
+        .collect();
+    let raw: usize = records.iter().map(|b| b.len()).sum();
+    println!();
+    println!(
+        "== zstd parameters (what-if): {} records, {raw} bytes, one at a time, 64 KiB dictionary ==",
+        records.len()
+    );
+    println!(
+        "  {:<36} {:>14} {:>10} {:>15} {:>10}",
+        "variant", "bytes per raw", "vs store", "µs per record", "vs store"
+    );
+    struct Variant {
+        name: &'static str,
+        level: i32,
+        /// Hash and chain log of the dictionary's tables.
+        tables: Option<u32>,
+        copy: bool,
+        raw_literals: bool,
+        /// Only each record's first 16 bytes: what a frame costs whatever
+        /// its size.
+        tiny: bool,
+        store_calls: bool,
+    }
+    let v = |name, level| Variant {
+        name,
+        level,
+        tables: None,
+        copy: false,
+        raw_literals: false,
+        tiny: false,
+        store_calls: false,
+    };
+    let variants = [
+        v("level 3 (the store's parameters)", 3),
+        v("level 1", 1),
+        v("level 2", 2),
+        v("level 4", 4),
+        Variant {
+            tables: Some(14),
+            ..v("level 3, tables 2^14", 3)
+        },
+        Variant {
+            tables: Some(12),
+            ..v("level 3, tables 2^12", 3)
+        },
+        Variant {
+            tables: Some(14),
+            copy: true,
+            ..v("level 3, tables 2^14, copied", 3)
+        },
+        Variant {
+            raw_literals: true,
+            ..v("level 3, literals not compressed", 3)
+        },
+        Variant {
+            tiny: true,
+            ..v("level 3, 16 bytes of each record", 3)
+        },
+        Variant {
+            store_calls: true,
+            ..v("level 3, as the store calls it", 3)
+        },
+        v("level 3 (the store's parameters), again", 3),
+    ];
+    let mut base = None;
+    let mut out = Vec::with_capacity(64 << 10);
+    for x in &variants {
+        let mut cctx = CCtx::create();
+        cctx.set_parameter(CParameter::CompressionLevel(x.level))
+            .unwrap();
+        cctx.set_parameter(CParameter::Format(FrameFormat::Magicless))
+            .unwrap();
+        cctx.set_parameter(CParameter::ContentSizeFlag(false))
+            .unwrap();
+        cctx.set_parameter(CParameter::ChecksumFlag(false)).unwrap();
+        cctx.set_parameter(CParameter::DictIdFlag(false)).unwrap();
+        if let Some(t) = x.tables {
+            cctx.set_parameter(CParameter::HashLog(t)).unwrap();
+            cctx.set_parameter(CParameter::ChainLog(t)).unwrap();
+        }
+        if x.copy {
+            cctx.set_parameter(CParameter::ForceAttachDict(DictAttachPref::ForceCopy))
+                .unwrap();
+        }
+        if x.raw_literals {
+            cctx.set_parameter(CParameter::LiteralCompressionMode(ParamSwitch::Disable))
+                .unwrap();
+        }
+        cctx.load_dictionary(dict).unwrap();
+        let mut stored = 0usize;
+        // The store's own calls: parameters set again and the shared
+        // CDict referenced for every value (`barn_store::codec`).
+        let cdict = CDict::create(dict, x.level);
+        let took = time(5, || {
+            stored = 0;
+            for r in &records {
+                let r = if x.tiny { &r[..16] } else { &r[..] };
+                out.clear();
+                if x.store_calls {
+                    cctx.reset(ResetDirective::SessionAndParameters).unwrap();
+                    cctx.set_parameter(CParameter::Format(FrameFormat::Magicless))
+                        .unwrap();
+                    cctx.set_parameter(CParameter::ContentSizeFlag(false))
+                        .unwrap();
+                    cctx.set_parameter(CParameter::ChecksumFlag(false)).unwrap();
+                    cctx.set_parameter(CParameter::DictIdFlag(false)).unwrap();
+                    cctx.ref_cdict(&cdict).unwrap();
+                } else {
+                    cctx.reset(ResetDirective::SessionOnly).unwrap();
+                }
+                cctx.compress2(&mut out, r).unwrap();
+                stored += out.len();
+            }
+        });
+        let us = took.as_secs_f64() * 1e6 / records.len() as f64;
+        let (b_stored, b_us) = *base.get_or_insert((stored, us));
+        if x.tiny {
+            println!(
+                "  {:<36} {:>14} {:>10} {:>15.2} {:>10}",
+                x.name,
+                "-",
+                "-",
+                us,
+                fmt_ratio(us / b_us),
+            );
+            println!(
+                "RATIO storage_params: a frame of 16 bytes costs {us:.2} µs = {} of a whole record's",
+                fmt_ratio(us / b_us),
+            );
+            continue;
+        }
+        println!(
+            "  {:<36} {:>14.3} {:>10} {:>15.2} {:>10}",
+            x.name,
+            stored as f64 / raw as f64,
+            fmt_ratio(stored as f64 / b_stored as f64),
+            us,
+            fmt_ratio(us / b_us),
+        );
+        if !x.name.starts_with("level 3 (the store's parameters)") {
+            println!(
+                "RATIO storage_params: {}: {us:.2} µs a record = {} of the store's setting; {:+.4} bytes per CAR byte",
+                x.name,
+                fmt_ratio(us / b_us),
+                (stored as f64 - b_stored as f64) / car_len as f64,
+            );
+        }
     }
 }
 
