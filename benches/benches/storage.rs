@@ -886,18 +886,24 @@ fn params(s: &Snapshot, dict: &[u8], car_len: u64) {
         },
         v("level 3 (the store's parameters), again", 3),
     ];
+    // The frame trimmed as the store trims it (`barn_store::codec`).
+    let trim = |cctx: &mut CCtx| {
+        for p in [
+            CParameter::Format(FrameFormat::Magicless),
+            CParameter::ContentSizeFlag(false),
+            CParameter::ChecksumFlag(false),
+            CParameter::DictIdFlag(false),
+        ] {
+            cctx.set_parameter(p).unwrap();
+        }
+    };
     let mut base = None;
     let mut out = Vec::with_capacity(64 << 10);
     for x in &variants {
         let mut cctx = CCtx::create();
         cctx.set_parameter(CParameter::CompressionLevel(x.level))
             .unwrap();
-        cctx.set_parameter(CParameter::Format(FrameFormat::Magicless))
-            .unwrap();
-        cctx.set_parameter(CParameter::ContentSizeFlag(false))
-            .unwrap();
-        cctx.set_parameter(CParameter::ChecksumFlag(false)).unwrap();
-        cctx.set_parameter(CParameter::DictIdFlag(false)).unwrap();
+        trim(&mut cctx);
         if let Some(t) = x.tables {
             cctx.set_parameter(CParameter::HashLog(t)).unwrap();
             cctx.set_parameter(CParameter::ChainLog(t)).unwrap();
@@ -922,12 +928,7 @@ fn params(s: &Snapshot, dict: &[u8], car_len: u64) {
                 out.clear();
                 if x.store_calls {
                     cctx.reset(ResetDirective::SessionAndParameters).unwrap();
-                    cctx.set_parameter(CParameter::Format(FrameFormat::Magicless))
-                        .unwrap();
-                    cctx.set_parameter(CParameter::ContentSizeFlag(false))
-                        .unwrap();
-                    cctx.set_parameter(CParameter::ChecksumFlag(false)).unwrap();
-                    cctx.set_parameter(CParameter::DictIdFlag(false)).unwrap();
+                    trim(&mut cctx);
                     cctx.ref_cdict(&cdict).unwrap();
                 } else {
                     cctx.reset(ResetDirective::SessionOnly).unwrap();
