@@ -13,6 +13,12 @@
 //!    generator's and every commit must have been applied.
 //! 3. **Latency at a fixed rate**: frames handed over at 10,000/s; for
 //!    each, the time from hand-over to the durable notice that covers it.
+//! 4. **The floor**: what the design costs before any of barn's own code
+//!    runs. The signature check, SHA-256 of every block, and fjall alone
+//!    (barn's keyspaces and options, the same keys, values raw) taking the
+//!    writes barn's store makes for the same commits; their CPU a commit,
+//!    added up, bounds the commits/s any mirror built this way reaches on
+//!    this machine.
 //!
 //! Baseline in the same run: K-256 signature checks alone, on every core,
 //! with the key parsed once (the floor under any verifying mirror).
@@ -20,8 +26,8 @@
 //! Settings (environment): `BARN_INGEST_ACCOUNTS` (500),
 //! `BARN_INGEST_BASE_RECORDS` (10000), `BARN_INGEST_COMMITS` (200000),
 //! `BARN_INGEST_RATE` (10000), `BARN_INGEST_LATENCY_COMMITS` (60000),
-//! `BARN_INGEST_PARTS` (`all`, or a comma list of `stages`, `e2e`,
-//! `latency`).
+//! `BARN_INGEST_PARTS` (`all`, or a comma list of `stages`, `floor`,
+//! `e2e`, `latency`).
 //! Frames are generated once per setting by a child process into
 //! `target/tmp/` and reused.
 
@@ -112,6 +118,9 @@ fn main() {
     let part = |p: &str| parts == "all" || parts.split(',').any(|x| x == p);
     if part("stages") {
         stages(&spec, &st, &keys, &frames_path);
+    }
+    if part("floor") {
+        floor(&spec, &st, &keys, &frames_path, cores);
     }
     if part("e2e") {
         let baseline = signature_baseline(&st, cores);
@@ -358,6 +367,300 @@ fn stages(spec: &StreamSpec, st: &Start, keys: &HashMap<String, PublicKey>, path
         total,
         2e6 / total / 1e3
     );
+}
+
+/// Process CPU time so far (user + system, every thread, exited ones
+/// included), from `/proc/self/stat`: clock ticks of 10 ms (Linux's
+/// `USER_HZ`).
+fn process_cpu() -> Duration {
+    cpu_of("/proc/self/stat")
+}
+
+/// The same for the calling thread alone.
+fn thread_cpu() -> Duration {
+    cpu_of("/proc/thread-self/stat")
+}
+
+fn cpu_of(stat: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
+    // After the command name, which is in parentheses and may hold spaces:
+    // `utime` and `stime` are the line's fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// What barn's store writes for one commit, values raw (no zstd): every
+/// block under its CID, the record index changes, the revision, its event
+/// and the repo state. The revision and state values hold the same fields
+/// as barn's `CommitEntry` and `RepoState`, laid end to end.
+struct Writes {
+    commit: Vec<u8>,
+    blocks: Vec<(Vec<u8>, Bytes)>,
+    records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    revision: (Vec<u8>, Vec<u8>),
+    event: Vec<u8>,
+    repo: (Vec<u8>, Vec<u8>),
+}
+
+fn writes_of(i: &CommitInput, v: &barn_mirror::verify::Verified, seq: i64) -> Writes {
+    let key = |a: &str, b: &str| [a.as_bytes(), &[0], b.as_bytes()].concat();
+    let commit = i.commit.to_bytes();
+    let data = v.commit.data.to_bytes();
+    let mut revision = [
+        commit.as_slice(),
+        &data,
+        i.rev.as_bytes(),
+        i.since.as_deref().unwrap_or("").as_bytes(),
+        &seq.to_be_bytes(),
+        &now_ms().to_be_bytes(),
+        HOST.as_bytes(),
+    ]
+    .concat();
+    let mut records = Vec::with_capacity(i.ops.len());
+    for op in &i.ops {
+        revision.extend_from_slice(op.path.as_bytes());
+        for cid in [op.cid, op.prev].into_iter().flatten() {
+            revision.extend_from_slice(&cid.to_bytes());
+        }
+        records.push((key(&i.repo, &op.path), op.cid.map(|c| c.to_bytes())));
+    }
+    Writes {
+        commit: commit.clone(),
+        blocks: v
+            .blocks
+            .iter()
+            .map(|(cid, data)| (cid.to_bytes(), data.clone()))
+            .collect(),
+        records,
+        revision: (key(&i.repo, &i.rev), revision),
+        event: [i.repo.as_bytes(), i.rev.as_bytes()].concat(),
+        repo: (
+            i.repo.as_bytes().to_vec(),
+            [commit.as_slice(), &data, i.rev.as_bytes(), HOST.as_bytes()].concat(),
+        ),
+    }
+}
+
+/// How [`fjall_alone`] lays a commit's blocks out.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// barn's: every block a value under its CID.
+    Blocks,
+    /// What-if: the same bytes, all of a commit's blocks in one value
+    /// under the commit's CID (fewer inserts, the same bytes).
+    OneValue,
+    /// What-if: records and the commit only, MST nodes not stored (they
+    /// can be rebuilt from the record index; fewer inserts and bytes).
+    NoNodes,
+}
+
+/// What fjall alone cost for one layout.
+struct FjallCost {
+    /// From the first batch to the last one durable.
+    durable: Duration,
+    /// Process CPU over that time.
+    cpu: Duration,
+    /// Of which the writing thread.
+    writer: Duration,
+    /// Process CPU until fjall was quiet (flushes and compactions done).
+    quiet_cpu: Duration,
+}
+
+/// fjall alone taking `commits`' writes: barn's keyspaces and options, one
+/// writer, batches of 1000 commits each made durable with one fsync, as
+/// the mirror's group commits are.
+fn fjall_alone(commits: &[Writes], layout: Layout) -> FjallCost {
+    use fjall::config::CompressionPolicy;
+    use fjall::{KeyspaceCreateOptions, PersistMode};
+
+    let o = barn_benches::store_options();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut builder = fjall::Database::builder(dir.path())
+        .cache_size(o.cache_bytes)
+        .manual_journal_persist(true);
+    if o.worker_threads > 0 {
+        builder = builder.worker_threads(o.worker_threads);
+    }
+    let db = builder.open().expect("open fjall");
+    let memtable = o.memtable_bytes;
+    let ks = |name: &str| {
+        db.keyspace(name, || {
+            KeyspaceCreateOptions::default().max_memtable_size(memtable)
+        })
+        .expect("keyspace")
+    };
+    let blocks = db
+        .keyspace("blocks", || {
+            let leveled = fjall::compaction::Leveled::default()
+                .with_l0_threshold(o.blocks_l0_threshold.clamp(2, 16));
+            let k = KeyspaceCreateOptions::default()
+                .max_memtable_size(memtable)
+                .compaction_strategy(Arc::new(leveled));
+            if o.blocks_lz4 {
+                k
+            } else {
+                k.data_block_compression_policy(CompressionPolicy::disabled())
+            }
+        })
+        .expect("blocks keyspace");
+    let (records, revisions, events, repos, hosts) = (
+        ks("records"),
+        ks("commits"),
+        ks("events"),
+        ks("repos"),
+        ks("hosts"),
+    );
+
+    let cpu0 = process_cpu();
+    let writer0 = thread_cpu();
+    let t = Instant::now();
+    let mut seq = 0u64;
+    for chunk in commits.chunks(1000) {
+        let mut wb = db.batch().durability(Some(PersistMode::SyncData));
+        match layout {
+            Layout::Blocks | Layout::NoNodes => {
+                // In key order, as barn's store sorts them: the memtable
+                // takes sorted keys faster.
+                let mut new: Vec<&(Vec<u8>, Bytes)> = chunk
+                    .iter()
+                    .flat_map(|w| &w.blocks)
+                    .filter(|(_, data)| {
+                        !matches!(layout, Layout::NoNodes) || !data.starts_with(&[0xa2, 0x61, b'e'])
+                    })
+                    .collect();
+                new.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                new.dedup_by(|a, b| a.0 == b.0);
+                for (key, value) in new {
+                    wb.insert(&blocks, key.as_slice(), value.as_ref());
+                }
+            }
+            Layout::OneValue => {
+                for w in chunk {
+                    let value: Vec<u8> = w
+                        .blocks
+                        .iter()
+                        .flat_map(|(_, d)| d.iter().copied())
+                        .collect();
+                    wb.insert(&blocks, w.commit.as_slice(), value);
+                }
+            }
+        }
+        for w in chunk {
+            seq += 1;
+            wb.insert(&revisions, w.revision.0.as_slice(), w.revision.1.as_slice());
+            wb.insert(&events, seq.to_be_bytes(), w.event.as_slice());
+            for (key, cid) in &w.records {
+                match cid {
+                    Some(cid) => wb.insert(&records, key.as_slice(), cid.as_slice()),
+                    None => wb.remove(&records, key.as_slice()),
+                }
+            }
+            wb.insert(&repos, w.repo.0.as_slice(), w.repo.1.as_slice());
+        }
+        wb.insert(&hosts, HOST, seq.to_be_bytes());
+        wb.commit().expect("commit");
+    }
+    let durable = t.elapsed();
+    let cpu = process_cpu() - cpu0;
+    let writer = thread_cpu() - writer0;
+    // Then until fjall is quiet: a 200 ms window with at most one 10 ms
+    // tick of CPU, or a minute.
+    let mut last = process_cpu();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = process_cpu();
+        let quiet = now - last <= Duration::from_millis(10);
+        last = now;
+        if quiet || t.elapsed() > durable + Duration::from_secs(60) {
+            break;
+        }
+    }
+    FjallCost {
+        durable,
+        cpu,
+        writer,
+        quiet_cpu: last - cpu0,
+    }
+}
+
+/// Part 4: the floor under any mirror that verifies every commit and keeps
+/// every block in fjall, as barn's design does. Nothing of barn's own
+/// pipeline (decode, inversion, encoding, zstd, the host task) is counted,
+/// so barn end to end can only be slower than the ceiling printed here.
+fn floor(
+    spec: &StreamSpec,
+    st: &Start,
+    keys: &HashMap<String, PublicKey>,
+    path: &Path,
+    cores: usize,
+) {
+    // Untimed: every commit verified as barn does, turned into its writes.
+    let n = spec.commits;
+    let now = now_ms() * 1000;
+    let mut commits = Vec::with_capacity(n);
+    let mut seq = 0i64;
+    for raw in frames(path).take(n) {
+        let frame = decode_frame(&raw).expect("decode");
+        let Event::Commit(ev) = &frame.event else {
+            panic!("unexpected {}", frame.event.label())
+        };
+        let i = CommitInput::from(ev);
+        let v = prepare_commit(&i, &keys[&i.repo], now).expect("valid commit");
+        seq += 1;
+        commits.push(writes_of(&i, &v, seq));
+    }
+
+    let signatures = signature_baseline(st, cores);
+    let signature_cpu = cores as f64 / signatures * 1e6;
+
+    let t = Instant::now();
+    let mut sink = 0u8;
+    for w in &commits {
+        for (_, data) in &w.blocks {
+            sink ^= <sha2::Sha256 as sha2::Digest>::digest(data)[0];
+        }
+    }
+    std::hint::black_box(sink);
+    let sha_cpu = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    println!();
+    println!("== ingest floor: {n} commits, what the design costs before barn's own code ==");
+    println!(
+        "  signature checks alone, {cores} cores: {:.1} k/s -> {signature_cpu:.1} µs of CPU a commit",
+        signatures / 1e3
+    );
+    println!("  SHA-256 of every block, 1 core: {sha_cpu:.1} µs a commit");
+    println!(
+        "  fjall alone (barn's keyspaces and options, values raw, 1000 commits a batch + fsync, one writer):"
+    );
+    for (name, layout) in [
+        ("every block a value (barn's design)", Layout::Blocks),
+        ("what-if: a commit's blocks in one value", Layout::OneValue),
+        ("what-if: MST nodes not stored", Layout::NoNodes),
+    ] {
+        let c = fjall_alone(&commits, layout);
+        let (cpu, quiet) = (per(c.cpu), per(c.quiet_cpu));
+        println!(
+            "    {name}: {:.2} s ({:.1} k commits/s); CPU a commit {cpu:.1} µs to the last fsync (writing thread {:.1}, fjall's threads {:.1}), {quiet:.1} µs until quiet",
+            c.durable.as_secs_f64(),
+            n as f64 / c.durable.as_secs_f64() / 1e3,
+            per(c.writer),
+            cpu - per(c.writer),
+        );
+        let sum = signature_cpu + sha_cpu + quiet;
+        println!(
+            "RATIO ingest_floor: {name}: signature + SHA-256 + fjall alone {sum:.1} µs of CPU a commit = at most {:.1} k commits/s on {cores} cores = {:.2}x the 30 k goal",
+            cores as f64 / sum * 1e3,
+            cores as f64 / sum * 1e6 / 30_000.0
+        );
+    }
 }
 
 fn rss_bytes() -> u64 {
