@@ -13,6 +13,14 @@
 //!
 //! `BARN_IMPORT_SIZES` (default `60000000,600000000`): target CAR sizes in
 //! bytes. `BARN_IMPORT_ORDERS` (default `pds,walk`).
+//!
+//! `BARN_IMPORT_FLOOR=1` adds, after each import, the floor: what the
+//! design costs a record before any of barn's own code runs. SHA-256 of
+//! every block, the store's encoding of every block (zstd with the
+//! dictionary for records), and fjall alone (opened with barn's options)
+//! ingesting those values and the record index as the import does; their
+//! CPU a record, added up, bounds the records/s any import built this way
+//! reaches on this machine. Printed beside the CPU barn's import used.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
@@ -21,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use barn_benches::{DID, generate_repo_of};
+use barn_benches::{BareFjall, DID, generate_repo_of, process_cpu, wait_quiet};
 use barn_mirror::{ImportLimits, ImportReport, ImportRequest, import_car};
 use barn_repo::crypto::{KeyType, PrivateKey, PublicKey};
 use barn_store::{RepoState, Source, Store};
@@ -85,11 +93,13 @@ fn main() {
                     }
                 })
             };
+            let cpu0 = process_cpu();
             let t = Instant::now();
             let report = rt
                 .block_on(import_file(&store, &path, key.clone(), DID))
                 .expect("import");
             let took = t.elapsed();
+            let cpu = process_cpu() - cpu0;
             stop.store(true, Ordering::Relaxed);
             sampler.join().expect("sampler");
             // The import must have stored the whole repo.
@@ -119,15 +129,119 @@ fn main() {
                 report.finish_time.as_secs_f64()
             );
             println!(
+                "       CPU: {:.1} µs a record (the process, during the import)",
+                cpu.as_secs_f64() * 1e6 / report.records as f64
+            );
+            println!(
                 "RATIO import ({order} order, {} records): barn {:.1} k records/s = {:.2}x the 250 k/s goal; {mbs:.1} MB/s = {:.3}x baseline sha256 1 core ({sha:.0} MB/s)",
                 report.records,
                 rate / 1e3,
                 rate / 250e3,
                 mbs / sha
             );
+            if std::env::var_os("BARN_IMPORT_FLOOR").is_some() {
+                floor(&store, &path, report.records, cpu);
+            }
             drop(store);
         }
     }
+}
+
+/// The floor under any import that hash-checks every block, stores each
+/// under its CID compressed as barn-store does, and writes the record
+/// index: those three alone, each measured on its own, CPU a record.
+/// Nothing of barn's own import (CAR parsing, DAG-CBOR checks, the tree
+/// walk, the merge, the threads between them) is counted.
+fn floor(store: &Store, path: &Path, records: u64, barn_cpu: Duration) {
+    use barn_repo::car::{CarLimits, read_car};
+    // Untimed: the CAR's blocks, and the record index the import built.
+    let bytes = bytes::Bytes::from(std::fs::read(path).expect("read car"));
+    let limits = CarLimits {
+        max_total_bytes: u64::MAX,
+        ..CarLimits::default()
+    };
+    let car = read_car(bytes, &limits).expect("car");
+    let blocks: Vec<(barn_repo::Cid, bytes::Bytes)> =
+        car.blocks.iter().map(|(c, b)| (*c, b.clone())).collect();
+    drop(car);
+    let index: Vec<(Vec<u8>, Vec<u8>)> = store
+        .records_iter(DID)
+        .map(|r| {
+            let (path, cid) = r.expect("record index");
+            (
+                [DID.as_bytes(), &[0], path.as_bytes()].concat(),
+                cid.to_bytes(),
+            )
+        })
+        .collect();
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / records as f64;
+
+    let t = Instant::now();
+    let mut sink = 0u8;
+    for (_, data) in &blocks {
+        sink ^= Sha256::digest(data)[0];
+    }
+    std::hint::black_box(sink);
+    let sha = per(t.elapsed());
+
+    // The store's own encoding: zstd with its dictionary for records, MST
+    // nodes and the commit as they are. One core.
+    let t = Instant::now();
+    let encoded: Vec<(Vec<u8>, Vec<u8>, usize)> = blocks
+        .iter()
+        .map(|(cid, data)| (cid.to_bytes(), store.encode_block_value(data), data.len()))
+        .collect();
+    let encode = per(t.elapsed());
+    drop(blocks);
+
+    // fjall alone: the values ingested in batches of the import's spill
+    // size, each sorted, waiting while level 0 is as full as barn lets
+    // it get; then the record index, in key order, ingested too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bare = BareFjall::open(dir.path()).expect("open fjall");
+    let records_ks = bare.keyspace("records").expect("keyspace");
+    let spill = ImportLimits::default().spill_bytes;
+    let cpu0 = process_cpu();
+    let t = Instant::now();
+    let mut rest = encoded.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut batch = Vec::new();
+        let mut raw = 0usize;
+        while raw < spill {
+            let Some((k, v, n)) = rest.next() else { break };
+            raw += n;
+            batch.push((k, v));
+        }
+        batch.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        batch.dedup_by(|a, b| a.0 == b.0);
+        while bare.blocks.l0_table_count() >= 20 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut ingestion = bare.blocks.start_ingestion().expect("ingestion");
+        for (k, v) in batch {
+            ingestion.write(k, v).expect("ingest");
+        }
+        ingestion.finish().expect("finish ingestion");
+    }
+    let mut ingestion = records_ks.start_ingestion().expect("ingestion");
+    for (k, v) in index {
+        ingestion.write(k, v).expect("ingest");
+    }
+    ingestion.finish().expect("finish ingestion");
+    let written = t.elapsed();
+    let fjall = per(wait_quiet(Duration::from_secs(60)) - cpu0);
+    let sum = sha + encode + fjall;
+    let barn = per(barn_cpu);
+    println!(
+        "       floor: SHA-256 {sha:.2} + the store's encoding {encode:.2} + fjall alone {fjall:.2} (written in {:.2} s, until quiet) = {sum:.2} µs of CPU a record; barn's import used {barn:.2}",
+        written.as_secs_f64()
+    );
+    println!(
+        "RATIO import_floor: SHA-256 + encoding + fjall alone {sum:.2} µs of CPU a record = at most {:.1} k records/s on 2 cores = {:.2}x the 250 k/s goal; barn's import used {:.2}x the floor's CPU",
+        2e3 / sum,
+        2e6 / sum / 250e3,
+        barn / sum
+    );
 }
 
 /// Imports the CAR at `path` as a first import of `did`.

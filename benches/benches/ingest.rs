@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use barn_benches::firehose::{FinalHead, Start, StreamSpec, generate, read_frame, start};
+use barn_benches::{BareFjall, process_cpu, thread_cpu, wait_quiet};
 use barn_firehose::{Event, decode_frame};
 use barn_identity::{Identity, Resolver, ResolverConfig};
 use barn_mirror::verify::{CommitInput, prepare_commit};
@@ -369,32 +370,6 @@ fn stages(spec: &StreamSpec, st: &Start, keys: &HashMap<String, PublicKey>, path
     );
 }
 
-/// Process CPU time so far (user + system, every thread, exited ones
-/// included), from `/proc/self/stat`: clock ticks of 10 ms (Linux's
-/// `USER_HZ`).
-fn process_cpu() -> Duration {
-    cpu_of("/proc/self/stat")
-}
-
-/// The same for the calling thread alone.
-fn thread_cpu() -> Duration {
-    cpu_of("/proc/thread-self/stat")
-}
-
-fn cpu_of(stat: &str) -> Duration {
-    let stat = std::fs::read_to_string(stat).unwrap_or_default();
-    // After the command name, which is in parentheses and may hold spaces:
-    // `utime` and `stime` are the line's fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let ticks: u64 = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .map(|f| f.parse::<u64>().unwrap_or(0))
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
-
 /// What barn's store writes for one commit, values raw (no zstd): every
 /// block under its CID, the record index changes, the revision, its event
 /// and the repo state. The revision and state values hold the same fields
@@ -476,45 +451,17 @@ struct FjallCost {
 /// writer, batches of 1000 commits each made durable with one fsync, as
 /// the mirror's group commits are.
 fn fjall_alone(commits: &[Writes], layout: Layout) -> FjallCost {
-    use fjall::config::CompressionPolicy;
-    use fjall::{KeyspaceCreateOptions, PersistMode};
+    use fjall::PersistMode;
 
-    let o = barn_benches::store_options();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut builder = fjall::Database::builder(dir.path())
-        .cache_size(o.cache_bytes)
-        .manual_journal_persist(true);
-    if o.worker_threads > 0 {
-        builder = builder.worker_threads(o.worker_threads);
-    }
-    let db = builder.open().expect("open fjall");
-    let memtable = o.memtable_bytes;
-    let ks = |name: &str| {
-        db.keyspace(name, || {
-            KeyspaceCreateOptions::default().max_memtable_size(memtable)
-        })
-        .expect("keyspace")
-    };
-    let blocks = db
-        .keyspace("blocks", || {
-            let leveled = fjall::compaction::Leveled::default()
-                .with_l0_threshold(o.blocks_l0_threshold.clamp(2, 16));
-            let k = KeyspaceCreateOptions::default()
-                .max_memtable_size(memtable)
-                .compaction_strategy(Arc::new(leveled));
-            if o.blocks_lz4 {
-                k
-            } else {
-                k.data_block_compression_policy(CompressionPolicy::disabled())
-            }
-        })
-        .expect("blocks keyspace");
+    let bare = BareFjall::open(dir.path()).expect("open fjall");
+    let (db, blocks) = (&bare.db, &bare.blocks);
     let (records, revisions, events, repos, hosts) = (
-        ks("records"),
-        ks("commits"),
-        ks("events"),
-        ks("repos"),
-        ks("hosts"),
+        bare.keyspace("records").expect("keyspace"),
+        bare.keyspace("commits").expect("keyspace"),
+        bare.keyspace("events").expect("keyspace"),
+        bare.keyspace("repos").expect("keyspace"),
+        bare.keyspace("hosts").expect("keyspace"),
     );
 
     let cpu0 = process_cpu();
@@ -537,7 +484,7 @@ fn fjall_alone(commits: &[Writes], layout: Layout) -> FjallCost {
                 new.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 new.dedup_by(|a, b| a.0 == b.0);
                 for (key, value) in new {
-                    wb.insert(&blocks, key.as_slice(), value.as_ref());
+                    wb.insert(blocks, key.as_slice(), value.as_ref());
                 }
             }
             Layout::OneValue => {
@@ -547,7 +494,7 @@ fn fjall_alone(commits: &[Writes], layout: Layout) -> FjallCost {
                         .iter()
                         .flat_map(|(_, d)| d.iter().copied())
                         .collect();
-                    wb.insert(&blocks, w.commit.as_slice(), value);
+                    wb.insert(blocks, w.commit.as_slice(), value);
                 }
             }
         }
@@ -569,23 +516,12 @@ fn fjall_alone(commits: &[Writes], layout: Layout) -> FjallCost {
     let durable = t.elapsed();
     let cpu = process_cpu() - cpu0;
     let writer = thread_cpu() - writer0;
-    // Then until fjall is quiet: a 200 ms window with at most one 10 ms
-    // tick of CPU, or a minute.
-    let mut last = process_cpu();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = process_cpu();
-        let quiet = now - last <= Duration::from_millis(10);
-        last = now;
-        if quiet || t.elapsed() > durable + Duration::from_secs(60) {
-            break;
-        }
-    }
+    let quiet_cpu = wait_quiet(Duration::from_secs(60)) - cpu0;
     FjallCost {
         durable,
         cpu,
         writer,
-        quiet_cpu: last - cpu0,
+        quiet_cpu,
     }
 }
 

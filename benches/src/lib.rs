@@ -110,6 +110,103 @@ pub fn store_options() -> barn_store::StoreOptions {
     o
 }
 
+/// Process CPU time so far (user + system, every thread, exited ones
+/// included), from `/proc/self/stat`: clock ticks of 10 ms (Linux's
+/// `USER_HZ`).
+pub fn process_cpu() -> Duration {
+    cpu_of("/proc/self/stat")
+}
+
+/// The same for the calling thread alone.
+pub fn thread_cpu() -> Duration {
+    cpu_of("/proc/thread-self/stat")
+}
+
+fn cpu_of(stat: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
+    // After the command name, which is in parentheses and may hold spaces:
+    // `utime` and `stime` are the line's fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Waits until the process is quiet (a 200 ms window with at most one
+/// 10 ms tick of CPU: fjall's flushes and compactions done), or `limit`
+/// has passed; returns the process CPU then.
+pub fn wait_quiet(limit: Duration) -> Duration {
+    let t = Instant::now();
+    let mut last = process_cpu();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = process_cpu();
+        let quiet = now - last <= Duration::from_millis(10);
+        last = now;
+        if quiet || t.elapsed() > limit {
+            return last;
+        }
+    }
+}
+
+/// A bare fjall database opened the way barn-store opens its own, with
+/// [`store_options`]: the baseline under barn's store in the floors of
+/// the ingest and import benches.
+pub struct BareFjall {
+    /// The database.
+    pub db: fjall::Database,
+    /// `blocks`, with barn's level-0 threshold and compression.
+    pub blocks: fjall::Keyspace,
+    memtable_bytes: u64,
+}
+
+impl BareFjall {
+    /// Opens (creates) it in `path`.
+    pub fn open(path: &std::path::Path) -> fjall::Result<BareFjall> {
+        use fjall::KeyspaceCreateOptions;
+        use fjall::config::CompressionPolicy;
+        let o = store_options();
+        let mut builder = fjall::Database::builder(path)
+            .cache_size(o.cache_bytes)
+            .manual_journal_persist(true);
+        if o.worker_threads > 0 {
+            builder = builder.worker_threads(o.worker_threads);
+        }
+        let db = builder.open()?;
+        let memtable_bytes = o.memtable_bytes;
+        let blocks = db.keyspace("blocks", || {
+            let leveled = fjall::compaction::Leveled::default()
+                .with_l0_threshold(o.blocks_l0_threshold.clamp(2, 16));
+            let k = KeyspaceCreateOptions::default()
+                .max_memtable_size(memtable_bytes)
+                .compaction_strategy(std::sync::Arc::new(leveled));
+            if o.blocks_lz4 {
+                k
+            } else {
+                k.data_block_compression_policy(CompressionPolicy::disabled())
+            }
+        })?;
+        Ok(BareFjall {
+            db,
+            blocks,
+            memtable_bytes,
+        })
+    }
+
+    /// Another keyspace, with barn's memtable size and fjall's defaults
+    /// otherwise (as barn-store's other keyspaces).
+    pub fn keyspace(&self, name: &str) -> fjall::Result<fjall::Keyspace> {
+        let memtable = self.memtable_bytes;
+        self.db.keyspace(name, || {
+            fjall::KeyspaceCreateOptions::default().max_memtable_size(memtable)
+        })
+    }
+}
+
 /// A 13-character TID (base32-sortable) from a timestamp in microseconds
 /// and a clock id.
 pub fn tid(micros: u64, clock_id: u64) -> String {
