@@ -372,8 +372,9 @@ fn stages(spec: &StreamSpec, st: &Start, keys: &HashMap<String, PublicKey>, path
 
 /// What barn's store writes for one commit, values raw (no zstd): every
 /// block under its CID, the record index changes, the revision, its event
-/// and the repo state. The revision and state values hold the same fields
-/// as barn's `CommitEntry` and `RepoState`, laid end to end.
+/// and the repo state. The revision and state values hold the fields a
+/// firehose commit fills in barn's `CommitEntry` and `RepoState`, laid
+/// end to end (not barn's encoding: about the same bytes).
 struct Writes {
     commit: Vec<u8>,
     blocks: Vec<(Vec<u8>, Bytes)>,
