@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use barn_benches::{BareFjall, DID, generate_repo_of, process_cpu, wait_quiet};
+use barn_benches::{BareFjall, DID, generate_repo_of, process_cpu, store_key, wait_quiet};
 use barn_mirror::{ImportLimits, ImportReport, ImportRequest, import_car};
 use barn_repo::crypto::{KeyType, PrivateKey, PublicKey};
 use barn_store::{RepoState, Source, Store};
@@ -168,10 +168,7 @@ fn floor(store: &Store, path: &Path, records: u64, barn_cpu: Duration) {
         .records_iter(DID)
         .map(|r| {
             let (path, cid) = r.expect("record index");
-            (
-                [DID.as_bytes(), &[0], path.as_bytes()].concat(),
-                cid.to_bytes(),
-            )
+            (store_key(DID, &path), cid.to_bytes())
         })
         .collect();
     let per = |d: Duration| d.as_secs_f64() * 1e6 / records as f64;

@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use barn_benches::firehose::{FinalHead, Start, StreamSpec, generate, read_frame, start};
-use barn_benches::{BareFjall, process_cpu, thread_cpu, wait_quiet};
+use barn_benches::{BareFjall, process_cpu, store_key, thread_cpu, wait_quiet};
 use barn_firehose::{Event, decode_frame};
 use barn_identity::{Identity, Resolver, ResolverConfig};
 use barn_mirror::verify::{CommitInput, prepare_commit};
@@ -385,7 +385,6 @@ struct Writes {
 }
 
 fn writes_of(i: &CommitInput, v: &barn_mirror::verify::Verified, seq: i64) -> Writes {
-    let key = |a: &str, b: &str| [a.as_bytes(), &[0], b.as_bytes()].concat();
     let commit = i.commit.to_bytes();
     let data = v.commit.data.to_bytes();
     let mut revision = [
@@ -404,7 +403,7 @@ fn writes_of(i: &CommitInput, v: &barn_mirror::verify::Verified, seq: i64) -> Wr
         for cid in [op.cid, op.prev].into_iter().flatten() {
             revision.extend_from_slice(&cid.to_bytes());
         }
-        records.push((key(&i.repo, &op.path), op.cid.map(|c| c.to_bytes())));
+        records.push((store_key(&i.repo, &op.path), op.cid.map(|c| c.to_bytes())));
     }
     Writes {
         commit: commit.clone(),
@@ -414,7 +413,7 @@ fn writes_of(i: &CommitInput, v: &barn_mirror::verify::Verified, seq: i64) -> Wr
             .map(|(cid, data)| (cid.to_bytes(), data.clone()))
             .collect(),
         records,
-        revision: (key(&i.repo, &i.rev), revision),
+        revision: (store_key(&i.repo, &i.rev), revision),
         event: [i.repo.as_bytes(), i.rev.as_bytes()].concat(),
         repo: (
             i.repo.as_bytes().to_vec(),
@@ -479,7 +478,7 @@ fn fjall_alone(commits: &[Writes], layout: Layout) -> FjallCost {
                     .iter()
                     .flat_map(|w| &w.blocks)
                     .filter(|(_, data)| {
-                        !matches!(layout, Layout::NoNodes) || !data.starts_with(&[0xa2, 0x61, b'e'])
+                        !matches!(layout, Layout::NoNodes) || !barn_repo::mst::looks_like_node(data)
                     })
                     .collect();
                 new.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -556,6 +555,7 @@ fn floor(
     let signatures = signature_baseline(st, cores);
     let signature_cpu = cores as f64 / signatures * 1e6;
 
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
     let t = Instant::now();
     let mut sink = 0u8;
     for w in &commits {
@@ -564,9 +564,8 @@ fn floor(
         }
     }
     std::hint::black_box(sink);
-    let sha_cpu = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let sha_cpu = per(t.elapsed());
 
-    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
     println!();
     println!("== ingest floor: {n} commits, what the design costs before barn's own code ==");
     println!(

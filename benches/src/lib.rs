@@ -153,6 +153,12 @@ pub fn wait_quiet(limit: Duration) -> Duration {
     }
 }
 
+/// A key as barn-store makes them for the record index and revisions:
+/// `a`, a zero byte, `b` (the store's own helper is private to it).
+pub fn store_key(a: &str, b: &str) -> Vec<u8> {
+    [a.as_bytes(), &[0], b.as_bytes()].concat()
+}
+
 /// A bare fjall database opened the way barn-store opens its own, with
 /// [`store_options`]: the baseline under barn's store in the floors of
 /// the ingest and import benches.

@@ -40,7 +40,7 @@ use barn_repo::blocks::Layered;
 use barn_repo::car::{CarLimits, CarStream};
 use barn_repo::commit::Commit;
 use barn_repo::crypto::PublicKey;
-use barn_repo::mst::MstWalker;
+use barn_repo::mst::{MstWalker, looks_like_node};
 use barn_store::{CommitEntry, EncodedBlocks, Op, OpAction, RepoState, Source, Store, now_ms};
 
 use crate::error::{Error, Result};
@@ -438,12 +438,6 @@ const READ_CHUNK_BYTES: usize = 1 << 20;
 const ENCODERS: usize = 2;
 /// Read chunks waiting for an encoder.
 const ENCODE_QUEUE: usize = 4;
-
-/// A canonical MST node is a DAG-CBOR map of exactly `e` then `l`; a
-/// record always has `$type`, so it can never start like this.
-fn looks_like_node(data: &[u8]) -> bool {
-    data.starts_with(&[0xa2, 0x61, b'e'])
-}
 
 /// Stage 2 of an import: checks every block (on this thread), encodes them
 /// on [`ENCODERS`] threads and writes them on another, so that checking,

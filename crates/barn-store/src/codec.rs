@@ -179,7 +179,7 @@ fn activate(dict: Arc<Dict>, level: i32) -> Result<Arc<ActiveDict>> {
 /// Whether `block` looks like an MST node (`{"e": [...], "l": ...}`) or a
 /// commit (`{"did": ..., ...}`, five or six fields), from its first bytes.
 fn is_structure(block: &[u8]) -> bool {
-    block.starts_with(&[0xa2, 0x61, b'e'])
+    barn_repo::mst::looks_like_node(block)
         || (matches!(block.first(), Some(0xa5 | 0xa6))
             && block[1..].starts_with(&[0x63, b'd', b'i', b'd']))
 }

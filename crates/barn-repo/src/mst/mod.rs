@@ -45,7 +45,7 @@ mod walk;
 
 pub use diff::{DiffOp, diff};
 pub use invert::{Action, RecordOp, invert_ops};
-pub use node::{EntryData, NodeData};
+pub use node::{EntryData, NodeData, looks_like_node};
 pub use tree::Mst;
 pub use walk::{MstWalker, WalkItem, get, range};
 

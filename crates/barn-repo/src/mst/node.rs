@@ -14,6 +14,14 @@ use super::{MstLimits, check_key, common_prefix_len, key_height, key_tail_ok};
 use crate::cbor::{CborError, Decoder, Encoder, MAJOR_ARRAY, MAJOR_MAP};
 use crate::{Error, Result};
 
+/// Whether `block` starts as a canonical MST node does: a DAG-CBOR map of
+/// exactly `e` then `l`. A record always has `$type` and a commit has
+/// `did`, so neither can start like this; a cheap sort of blocks by kind
+/// before (or instead of) decoding them.
+pub fn looks_like_node(block: &[u8]) -> bool {
+    block.starts_with(&[0xa2, 0x61, b'e'])
+}
+
 /// A decoded node.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeData {
@@ -519,6 +527,34 @@ mod tests {
     use super::*;
     use crate::mst::MAX_KEY_LEN;
     use crate::{cid_for_cbor, cid_for_raw};
+
+    #[test]
+    fn encoded_nodes_look_like_nodes_and_records_do_not() {
+        let value = cid_for_raw(b"record");
+        let empty = NodeData::default().encode();
+        let full = NodeData {
+            left: Some(value),
+            entries: vec![EntryData {
+                key: b"app.bsky.feed.post/3jzfcijpj2z2a".to_vec(),
+                value,
+                right: None,
+            }],
+        }
+        .encode();
+        assert!(looks_like_node(&empty));
+        assert!(looks_like_node(&full));
+        let record = crate::data::encode(&crate::data::Value::Map(
+            [(
+                "$type".to_owned(),
+                crate::data::Value::String("app.bsky.feed.like".into()),
+            )]
+            .into_iter()
+            .collect(),
+        ))
+        .unwrap();
+        assert!(!looks_like_node(&record));
+        assert!(!looks_like_node(&[]));
+    }
 
     /// The checks as first written: build the whole key, then compare it
     /// with the previous one and check it from scratch.
