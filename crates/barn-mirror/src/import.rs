@@ -210,8 +210,9 @@ pub struct ImportLimits {
     /// Largest CAR accepted, in bytes.
     pub max_bytes: u64,
     /// Blocks are written to the store (ingested into new tables) in
-    /// batches of this many bytes (before encoding). About as many bytes
-    /// again wait in the queues between the stages of an import.
+    /// batches of this many bytes (before encoding), or up to four times
+    /// that while fjall compacts a full level 0. About as many bytes again
+    /// wait in the queues between the stages of an import.
     pub spill_bytes: usize,
     /// MST node bytes kept in memory for the walk; past that, nodes are
     /// read back from the store. The default, 128 MiB, holds the tree of a
@@ -438,6 +439,10 @@ const READ_CHUNK_BYTES: usize = 1 << 20;
 const ENCODERS: usize = 2;
 /// Read chunks waiting for an encoder.
 const ENCODE_QUEUE: usize = 4;
+/// Spill batches the block writer may gather while fjall compacts a full
+/// level 0, before it waits too. Once per ~1M-record import the wait
+/// lasted ~0.3 s with one core idle (`benches/README.md`, "Import").
+const STALLED_BATCHES: usize = 4;
 
 /// Stage 2 of an import: checks every block (on this thread), encodes them
 /// on [`ENCODERS`] threads and writes them on another, so that checking,
@@ -475,7 +480,14 @@ fn spill(
             let mut pending = EncodedBlocks::default();
             for mut e in encoded {
                 pending.append(&mut e);
-                if pending.raw_bytes() >= spill_bytes {
+                let raw = pending.raw_bytes();
+                // While fjall compacts a full level 0, the batch grows
+                // (up to a bound) instead of the writer waiting: the
+                // encoders and the checker, which would wait behind it,
+                // go on using the cores.
+                if raw >= spill_bytes
+                    && (raw >= spill_bytes * STALLED_BATCHES || !store.ingest_would_wait())
+                {
                     store.ingest_encoded(&mut pending)?;
                 }
             }

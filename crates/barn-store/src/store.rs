@@ -123,6 +123,11 @@ impl Default for StoreOptions {
     }
 }
 
+/// Level-0 tables of the `blocks` keyspace at which
+/// [`Store::ingest_encoded`] waits for compaction: where fjall starts
+/// slowing writers down (it halts them at 30).
+const INGEST_LEVEL0_LIMIT: usize = 20;
+
 /// Blocks encoded by [`Store::encode_blocks`], waiting for
 /// [`Store::ingest_encoded`]. Batches encoded apart may be joined with
 /// [`EncodedBlocks::append`].
@@ -444,28 +449,37 @@ impl Store {
             return Ok(());
         }
         self.persist_dictionaries(&self.codec.unpersisted_upto(blocks.max_tag))?;
-        let EncodedBlocks {
-            entries: mut encoded,
-            raw_bytes: bytes,
-            ..
-        } = std::mem::take(blocks);
-        let count = encoded.len();
+        let count = blocks.entries.len();
+        let bytes = std::mem::take(&mut blocks.raw_bytes);
+        blocks.max_tag = 0;
+        let encoded = &mut blocks.entries;
         encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // Ingestion wants strictly increasing keys: a CAR may repeat a
         // block.
         encoded.dedup_by(|a, b| a.0 == b.0);
         // Many ingestions in a row stack up level-0 runs; wait for
         // compaction as fjall makes writers wait.
-        while self.blocks.l0_table_count() >= 20 {
+        while self.ingest_would_wait() {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let mut ingestion = self.blocks.start_ingestion()?;
-        for (k, v) in encoded {
+        // Drained, not consumed: the caller's vector keeps its capacity
+        // for the next batch instead of growing again from nothing (page
+        // faults and copies, ~0.5% of an import).
+        for (k, v) in encoded.drain(..) {
             ingestion.write(k, v)?;
         }
         ingestion.finish()?;
         crate::metrics::record_ingest(count, bytes);
         Ok(())
+    }
+
+    /// Whether [`Store::ingest_encoded`] would wait now for fjall to
+    /// compact the `blocks` keyspace's level 0 (20 tables, where fjall
+    /// starts slowing writers). An import keeps gathering blocks meanwhile
+    /// instead of stopping.
+    pub fn ingest_would_wait(&self) -> bool {
+        self.blocks.l0_table_count() >= INGEST_LEVEL0_LIMIT
     }
 
     /// The state of a repo, if tracked.
