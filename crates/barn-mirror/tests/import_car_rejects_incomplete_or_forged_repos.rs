@@ -170,10 +170,15 @@ async fn a_large_import_failing_late_puts_the_record_index_back() {
         ImportLimits::default(),
     )
     .await;
-    assert!(
-        matches!(failed, Err(Error::Repo { .. })),
-        "a missing record must fail the import: {failed:?}"
-    );
+    match failed {
+        Err(Error::Repo { source, .. }) => {
+            assert_eq!(
+                source.reason(),
+                barn_repo::Error::MissingBlock(late1).reason()
+            )
+        }
+        other => panic!("a missing record must fail the import: {other:?}"),
+    }
     assert!(store.records(DID).unwrap().is_empty());
     assert!(store.history(DID).unwrap().is_empty());
 
@@ -283,6 +288,71 @@ async fn a_large_import_failing_late_puts_the_record_index_back() {
         store.revision_ops(DID, &history[1]).unwrap().len() as u64,
         changed + removed
     );
+}
+
+/// A whole-repo CAR that leaves out a record block barn already stores
+/// imports: the record is there. Past the first chunk of the walk, the
+/// import checks presence at the end, against the CAR's blocks first and
+/// then, for those it did not hold, against the store.
+#[tokio::test]
+async fn a_car_leaving_out_a_record_already_stored_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
+    let key = PrivateKey::from_seed(KeyType::K256, 7);
+    let n = 3 * barn_store::CHUNK_OPS;
+    let request = |state: RepoState| ImportRequest {
+        did: DID.to_owned(),
+        key: key.public_key(),
+        state,
+        source: Source::Resync,
+        reason: "test".into(),
+    };
+    let (root1, blocks1) = build_repo(DID, "3l3qo2vuowo2b", &key, versioned(n, 0, 1)).unwrap();
+    let first = import_car(
+        store.clone(),
+        request(RepoState::new("https://pds.example")),
+        std::io::Cursor::new(write_car(
+            &[root1],
+            blocks1.iter().map(|(c, b)| (c, &b[..])),
+        )),
+        ImportLimits::default(),
+    )
+    .await
+    .unwrap();
+    let mut state = RepoState::new("https://pds.example");
+    state.advance(first.head.cid, first.head.rev.clone(), first.head.data);
+
+    // Every odd record changed; an even one near the end of the walk,
+    // unchanged and so already stored, is left out of the CAR.
+    let (root2, blocks2) = build_repo(DID, "3l3qo2vuowo2c", &key, versioned(n, 0, 2)).unwrap();
+    let commit = barn_repo::commit::Commit::decode(blocks2.get(&root2).unwrap()).unwrap();
+    let walked: Vec<_> = barn_repo::mst::MstWalker::new(&blocks2, &commit.data)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let kept = walked[walked.len() - 10].1;
+    assert!(blocks1.contains(&kept), "the left-out record must be stored");
+    let second = import_car(
+        store.clone(),
+        request(state),
+        std::io::Cursor::new(write_car(
+            &[root2],
+            blocks2
+                .iter()
+                .filter(|(c, _)| **c != kept)
+                .map(|(c, b)| (c, &b[..])),
+        )),
+        ImportLimits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.label, "imported");
+    assert_eq!(second.records, n as u64);
+    let now: Vec<_> = walked
+        .iter()
+        .map(|(k, c)| (String::from_utf8(k.clone()).unwrap(), *c))
+        .collect();
+    assert_eq!(store.records(DID).unwrap(), now);
 }
 
 /// A tree with two of the root's subtrees swapped: every node is still
