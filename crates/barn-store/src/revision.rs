@@ -74,8 +74,13 @@ pub const CHUNK_OPS: usize = 4096;
 /// Chunks written together. A group in path order goes straight into new
 /// tables (fjall's ingestion: no journal, no memtable, which would see
 /// every op twice and stall on flushes); others as ordinary batches.
+/// Eight (32k ops, a table of ~2 MB in the record index): an import's op
+/// writer takes its ops from the tree walk through a short queue, and
+/// while it writes a group the walk waits once the queue is full. With 32
+/// a 1M-record import's last phase took 0.65–0.83 s, with 8 0.48–0.52 s
+/// (`benches/README.md`, "Import").
 // Unit tests use small groups so that debug builds cover several quickly.
-const GROUP_CHUNKS: usize = if cfg!(test) { 3 } else { 32 };
+const GROUP_CHUNKS: usize = if cfg!(test) { 3 } else { 8 };
 
 const META_PENDING: &[u8] = b"pending";
 
