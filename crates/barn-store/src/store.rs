@@ -428,8 +428,9 @@ impl Store {
         self.codec.observe(blocks.iter().map(|(_, b)| b.as_ref()));
         let mut out = EncodedBlocks::default();
         out.entries.reserve(blocks.len());
+        let current = self.codec.current();
         for (cid, data) in blocks {
-            let value = self.codec.encode(data);
+            let value = self.codec.encode_with(&current, data);
             out.max_tag = out.max_tag.max(value.first().copied().unwrap_or(0));
             out.raw_bytes += data.len();
             out.entries.push((cid.to_bytes(), value));
