@@ -44,8 +44,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
 use zstd::zstd_safe::{
-    self, CCtx, CDict, CParameter, DCtx, DDict, DParameter, DictAttachPref, FrameFormat,
-    ResetDirective,
+    self, CCtx, CDict, CParameter, DCtx, DDict, DParameter, FrameFormat, ResetDirective,
 };
 
 use crate::error::{Error, Result};
@@ -227,15 +226,7 @@ fn compress(level: i32, dict: Option<&CDict<'static>>, raw: &[u8], out: &mut Vec
             cctx.set_parameter(CParameter::ChecksumFlag(false))?;
             cctx.set_parameter(CParameter::DictIdFlag(false))?;
             match dict {
-                Some(d) => {
-                    // zstd copies the dictionary's tables (~1 MiB) into
-                    // the context for inputs over 8 KiB instead of
-                    // referring to them: 0.7% of an import's CPU for its
-                    // few large records. Referring costs a little more per
-                    // byte, far less than that copy.
-                    cctx.set_parameter(CParameter::ForceAttachDict(DictAttachPref::ForceAttach))?;
-                    cctx.ref_cdict(d)
-                }
+                Some(d) => cctx.ref_cdict(d),
                 None => cctx.set_parameter(CParameter::CompressionLevel(level)),
             }
         };
