@@ -222,8 +222,9 @@ pub struct ImportLimits {
     /// block cache, so the import's peak memory was lower with it, not
     /// higher (`benches/README.md`, "Import").
     pub node_cache_bytes: usize,
-    /// Record CIDs remembered from the stream (16 bytes each) to check
-    /// that every record the tree names was in it; past that, presence is
+    /// Record CIDs remembered from the stream (16 bytes each, and as much
+    /// again while the tree walk checks presence at its end) to check that
+    /// every record the tree names was in it; past that, presence is
     /// checked in the store.
     pub max_seen_records: usize,
 }
@@ -303,7 +304,8 @@ struct Spilled {
 /// the disk), then the commit (DID, signature) and the whole tree checked
 /// over those blocks and barn's, and the difference from barn's record
 /// index stored as one revision. Memory holds the MST nodes (up to
-/// `node_cache_bytes`) and 16 bytes per record (up to `max_seen_records`),
+/// `node_cache_bytes`) and 16 bytes per record, 32 during the walk (up to
+/// `max_seen_records`),
 /// a few chunks of blocks and ops; not the CAR, not the op list.
 ///
 /// A CAR answering `getRepo?since=` holds only what changed: the rest of

@@ -331,7 +331,10 @@ async fn a_car_leaving_out_a_record_already_stored_imports() {
         .map(|r| r.unwrap())
         .collect();
     let kept = walked[walked.len() - 10].1;
-    assert!(blocks1.contains(&kept), "the left-out record must be stored");
+    assert!(
+        blocks1.contains(&kept),
+        "the left-out record must be stored"
+    );
     let second = import_car(
         store.clone(),
         request(state),
