@@ -8,11 +8,13 @@
 
 use std::sync::Arc;
 
-use barn_mirror::{Error, ImportLimits, ImportRequest, import_car};
+use barn_mirror::{Error, ImportLimits, ImportReport, ImportRequest, import_car};
+use barn_repo::BlockMap;
 use barn_repo::car::write_car;
 use barn_repo::commit::build_repo;
 use barn_repo::crypto::{KeyType, PrivateKey};
 use barn_store::{RepoState, Source, Store, StoreOptions};
+use cid::Cid;
 
 const DID: &str = "did:plc:importtestimporttestimpo";
 
@@ -128,10 +130,75 @@ fn versioned(n: usize, skip_every: usize, version: u32) -> Vec<(String, Vec<u8>)
         .collect()
 }
 
+/// Every record of the tree that the commit `root` names, in key order.
+fn walk(blocks: &BlockMap, root: &Cid) -> Vec<(Vec<u8>, Cid)> {
+    let commit = barn_repo::commit::Commit::decode(blocks.get(root).unwrap()).unwrap();
+    barn_repo::mst::MstWalker::new(blocks, &commit.data)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+/// The repo's CAR, without the block `skip` when one is given.
+fn car_without(root: Cid, blocks: &BlockMap, skip: Option<Cid>) -> Vec<u8> {
+    write_car(
+        &[root],
+        blocks
+            .iter()
+            .filter(|(c, _)| Some(**c) != skip)
+            .map(|(c, b)| (c, &b[..])),
+    )
+}
+
+/// Imports `car` as the repo of `key`'s account, barn's state of it being
+/// `state`.
+async fn import_from(
+    store: &Arc<Store>,
+    key: &PrivateKey,
+    state: RepoState,
+    car: Vec<u8>,
+) -> barn_mirror::Result<ImportReport> {
+    let request = ImportRequest {
+        did: DID.to_owned(),
+        key: key.public_key(),
+        state,
+        source: Source::Resync,
+        reason: "test".into(),
+    };
+    import_car(
+        store.clone(),
+        request,
+        std::io::Cursor::new(car),
+        ImportLimits::default(),
+    )
+    .await
+}
+
+/// barn's state of the repo after `report`'s import.
+fn state_after(report: &ImportReport) -> RepoState {
+    let mut state = RepoState::new("https://pds.example");
+    state.advance(report.head.cid, report.head.rev.clone(), report.head.data);
+    state
+}
+
+fn assert_missing(result: barn_mirror::Result<ImportReport>, record: Cid) {
+    match result {
+        Err(Error::Repo { source, .. }) => {
+            assert_eq!(
+                source.reason(),
+                barn_repo::Error::MissingBlock(record).reason()
+            )
+        }
+        other => panic!("a missing record must fail the import: {other:?}"),
+    }
+}
+
 /// An import that fails late in a large repo has already applied thousands
 /// of record-index changes (they go in chunks, bounded memory): they are
 /// put back, so the index and history are as before, and the genuine CAR
-/// then imports with the right creates, updates and deletes.
+/// then imports with the right creates, updates and deletes. Late in the
+/// walk, record presence is checked at its end (`walk_tree`): a record
+/// missing there fails the import as one missing early does.
 #[tokio::test]
 async fn a_large_import_failing_late_puts_the_record_index_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,57 +206,25 @@ async fn a_large_import_failing_late_puts_the_record_index_back() {
     let key = PrivateKey::from_seed(KeyType::K256, 5);
     let n = 6 * barn_store::CHUNK_OPS;
     let (root1, blocks1) = build_repo(DID, "3l3qo2vuowo2b", &key, versioned(n, 0, 1)).unwrap();
-    let car1 = write_car(&[root1], blocks1.iter().map(|(c, b)| (c, &b[..])));
-    let request = |state: RepoState| ImportRequest {
-        did: DID.to_owned(),
-        key: key.public_key(),
-        state,
-        source: Source::Resync,
-        reason: "test".into(),
-    };
+    let fresh = || RepoState::new("https://pds.example");
     // A first import failing late leaves no record and no revision (what
     // a longer one had indexed already is removed again: barn-store's
     // revision tests).
-    let commit1 = barn_repo::commit::Commit::decode(blocks1.get(&root1).unwrap()).unwrap();
-    let late1 = barn_repo::mst::MstWalker::new(&blocks1, &commit1.data)
-        .unwrap()
-        .map(|r| r.unwrap().1)
-        .nth(n - 10)
-        .unwrap();
-    let broken1 = write_car(
-        &[root1],
-        blocks1
-            .iter()
-            .filter(|(c, _)| **c != late1)
-            .map(|(c, b)| (c, &b[..])),
-    );
-    let failed = import_car(
-        store.clone(),
-        request(RepoState::new("https://pds.example")),
-        std::io::Cursor::new(broken1),
-        ImportLimits::default(),
+    let late1 = walk(&blocks1, &root1)[n - 10].1;
+    let failed = import_from(
+        &store,
+        &key,
+        fresh(),
+        car_without(root1, &blocks1, Some(late1)),
     )
     .await;
-    match failed {
-        Err(Error::Repo { source, .. }) => {
-            assert_eq!(
-                source.reason(),
-                barn_repo::Error::MissingBlock(late1).reason()
-            )
-        }
-        other => panic!("a missing record must fail the import: {other:?}"),
-    }
+    assert_missing(failed, late1);
     assert!(store.records(DID).unwrap().is_empty());
     assert!(store.history(DID).unwrap().is_empty());
 
-    let first = import_car(
-        store.clone(),
-        request(RepoState::new("https://pds.example")),
-        std::io::Cursor::new(car1),
-        ImportLimits::default(),
-    )
-    .await
-    .unwrap();
+    let first = import_from(&store, &key, fresh(), car_without(root1, &blocks1, None))
+        .await
+        .unwrap();
     let before = store.records(DID).unwrap();
     assert_eq!(before.len(), n);
     // A first import's ops are its tree's records, read back from the tree.
@@ -212,56 +247,28 @@ async fn a_large_import_failing_late_puts_the_record_index_back() {
         .map(|o| (o.path, o.cid.unwrap()))
         .collect();
     assert_eq!(created, before);
-    let mut state = RepoState::new("https://pds.example");
-    state.advance(first.head.cid, first.head.rev.clone(), first.head.data);
+    let state = state_after(&first);
 
     // Second version: every odd record changed, every fifth removed.
     let (root2, blocks2) = build_repo(DID, "3l3qo2vuowo2c", &key, versioned(n, 5, 2)).unwrap();
-    let commit = barn_repo::commit::Commit::decode(blocks2.get(&root2).unwrap()).unwrap();
-    let walked: Vec<_> = barn_repo::mst::MstWalker::new(&blocks2, &commit.data)
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let walked = walk(&blocks2, &root2);
     // Leave out a changed record near the end of the walk.
     let late = walked[walked.len() - 10].1;
     assert!(!blocks1.contains(&late), "the left-out record must be new");
-    let broken = write_car(
-        &[root2],
-        blocks2
-            .iter()
-            .filter(|(c, _)| **c != late)
-            .map(|(c, b)| (c, &b[..])),
-    );
-    match import_car(
-        store.clone(),
-        request(state.clone()),
-        std::io::Cursor::new(broken),
-        ImportLimits::default(),
+    let failed = import_from(
+        &store,
+        &key,
+        state.clone(),
+        car_without(root2, &blocks2, Some(late)),
     )
-    .await
-    {
-        Err(Error::Repo { source, .. }) => {
-            assert_eq!(
-                source.reason(),
-                barn_repo::Error::MissingBlock(late).reason()
-            )
-        }
-        other => panic!("a missing record must fail the import: {other:?}"),
-    }
+    .await;
+    assert_missing(failed, late);
     assert_eq!(store.records(DID).unwrap(), before);
     assert_eq!(store.history(DID).unwrap().len(), 1);
 
-    let second = import_car(
-        store.clone(),
-        request(state),
-        std::io::Cursor::new(write_car(
-            &[root2],
-            blocks2.iter().map(|(c, b)| (c, &b[..])),
-        )),
-        ImportLimits::default(),
-    )
-    .await
-    .unwrap();
+    let second = import_from(&store, &key, state, car_without(root2, &blocks2, None))
+        .await
+        .unwrap();
     assert_eq!(second.label, "imported");
     let now: Vec<_> = walked
         .iter()
@@ -300,52 +307,30 @@ async fn a_car_leaving_out_a_record_already_stored_imports() {
     let store = Arc::new(Store::open(dir.path(), &StoreOptions::default()).unwrap());
     let key = PrivateKey::from_seed(KeyType::K256, 7);
     let n = 3 * barn_store::CHUNK_OPS;
-    let request = |state: RepoState| ImportRequest {
-        did: DID.to_owned(),
-        key: key.public_key(),
-        state,
-        source: Source::Resync,
-        reason: "test".into(),
-    };
     let (root1, blocks1) = build_repo(DID, "3l3qo2vuowo2b", &key, versioned(n, 0, 1)).unwrap();
-    let first = import_car(
-        store.clone(),
-        request(RepoState::new("https://pds.example")),
-        std::io::Cursor::new(write_car(
-            &[root1],
-            blocks1.iter().map(|(c, b)| (c, &b[..])),
-        )),
-        ImportLimits::default(),
+    let first = import_from(
+        &store,
+        &key,
+        RepoState::new("https://pds.example"),
+        car_without(root1, &blocks1, None),
     )
     .await
     .unwrap();
-    let mut state = RepoState::new("https://pds.example");
-    state.advance(first.head.cid, first.head.rev.clone(), first.head.data);
 
     // Every odd record changed; an even one near the end of the walk,
     // unchanged and so already stored, is left out of the CAR.
     let (root2, blocks2) = build_repo(DID, "3l3qo2vuowo2c", &key, versioned(n, 0, 2)).unwrap();
-    let commit = barn_repo::commit::Commit::decode(blocks2.get(&root2).unwrap()).unwrap();
-    let walked: Vec<_> = barn_repo::mst::MstWalker::new(&blocks2, &commit.data)
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let walked = walk(&blocks2, &root2);
     let kept = walked[walked.len() - 10].1;
     assert!(
         blocks1.contains(&kept),
         "the left-out record must be stored"
     );
-    let second = import_car(
-        store.clone(),
-        request(state),
-        std::io::Cursor::new(write_car(
-            &[root2],
-            blocks2
-                .iter()
-                .filter(|(c, _)| **c != kept)
-                .map(|(c, b)| (c, &b[..])),
-        )),
-        ImportLimits::default(),
+    let second = import_from(
+        &store,
+        &key,
+        state_after(&first),
+        car_without(root2, &blocks2, Some(kept)),
     )
     .await
     .unwrap();
