@@ -211,7 +211,7 @@ fn floor(store: &Store, path: &Path, records: u64, barn_cpu: Duration) {
         }
         batch.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         batch.dedup_by(|a, b| a.0 == b.0);
-        while bare.blocks.l0_table_count() >= 20 {
+        while bare.blocks.l0_table_count() >= barn_store::INGEST_LEVEL0_LIMIT {
             std::thread::sleep(Duration::from_millis(10));
         }
         let mut ingestion = bare.blocks.start_ingestion().expect("ingestion");

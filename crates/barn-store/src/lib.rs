@@ -41,4 +41,6 @@ pub use model::{
 };
 pub use query::Order;
 pub use revision::{CHUNK_OPS, LargeRevision};
-pub use store::{Batch, EncodedBlocks, Store, StoreBlocks, StoreOptions, now_ms};
+pub use store::{
+    Batch, EncodedBlocks, INGEST_LEVEL0_LIMIT, Store, StoreBlocks, StoreOptions, now_ms,
+};

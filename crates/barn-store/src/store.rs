@@ -125,8 +125,9 @@ impl Default for StoreOptions {
 
 /// Level-0 tables of the `blocks` keyspace at which
 /// [`Store::ingest_encoded`] waits for compaction: where fjall starts
-/// slowing writers down (it halts them at 30).
-const INGEST_LEVEL0_LIMIT: usize = 20;
+/// slowing writers down (it halts them at 30). Public so that the import
+/// bench's floor waits where barn does.
+pub const INGEST_LEVEL0_LIMIT: usize = 20;
 
 /// Blocks encoded by [`Store::encode_blocks`], waiting for
 /// [`Store::ingest_encoded`]. Batches encoded apart may be joined with
@@ -476,9 +477,9 @@ impl Store {
     }
 
     /// Whether [`Store::ingest_encoded`] would wait now for fjall to
-    /// compact the `blocks` keyspace's level 0 (20 tables, where fjall
-    /// starts slowing writers). An import keeps gathering blocks meanwhile
-    /// instead of stopping.
+    /// compact the `blocks` keyspace's level 0 ([`INGEST_LEVEL0_LIMIT`]
+    /// tables). An import keeps gathering blocks meanwhile instead of
+    /// stopping.
     pub fn ingest_would_wait(&self) -> bool {
         self.blocks.l0_table_count() >= INGEST_LEVEL0_LIMIT
     }
